@@ -1,0 +1,2 @@
+//! api-server binary: placeholder until the API lands.
+fn main() {}

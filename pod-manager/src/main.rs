@@ -1,0 +1,2 @@
+//! pod-manager binary: placeholder until the consumer lands.
+fn main() {}

@@ -1,0 +1,96 @@
+//! The warm pool: ready sandboxes, each with `warmpod-runner` started and
+//! waiting for one job.
+//!
+//! A sandbox is used for exactly one job and then destroyed; the pool
+//! refills in the background, never on a job's critical path. Backends:
+//! `local` (bubblewrap, the embedded default) and `kube` (standby pods).
+
+use std::future::Future;
+
+use uuid::Uuid;
+use warmpod_protocol::{Job, JobResult};
+
+/// Errors of a pool backend. A pool error is an infrastructure failure: the
+/// consumer answers `internal_error` (or retries on a fresh sandbox), never
+/// blames the user's program.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Starting, talking to or stopping a sandbox failed.
+    #[error("sandbox i/o failed: {context}")]
+    Io {
+        /// What we were doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The runner answered something that is not one JobResult line.
+    #[error("runner protocol violated: {0}")]
+    Protocol(String),
+    /// The sandbox did not answer within the job's limits plus grace.
+    #[error("sandbox did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The pool is shutting down.
+    #[error("pool is shutting down")]
+    Closed,
+}
+
+/// Result alias for pool operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A claimed sandbox and how it was obtained.
+#[derive(Debug)]
+pub struct Claimed<S> {
+    /// The sandbox, exclusively ours until destroyed.
+    pub sandbox: S,
+    /// `true` if a ready sandbox was available at once; `false` if the
+    /// claim had to wait for one to start (a cold claim).
+    pub warm: bool,
+}
+
+/// Point-in-time pool figures, for metrics and `/readyz`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Sandboxes started and waiting for a job.
+    pub ready: u64,
+    /// Sandboxes claimed by a job and not yet destroyed.
+    pub claimed: u64,
+    /// Sandboxes being started.
+    pub starting: u64,
+    /// Claims served at once from a ready sandbox (counter).
+    pub warm_hits: u64,
+    /// Claims that had to wait for a sandbox (counter).
+    pub cold_claims: u64,
+}
+
+/// A set of pre-warmed, single-use sandboxes.
+pub trait WarmPool: Send + Sync + 'static {
+    /// A claimed sandbox.
+    type Sandbox: Send + 'static;
+
+    /// Takes a ready sandbox for `job_id`, waiting for one if none is
+    /// ready (a cold claim); never fails just because the pool is empty.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] on shutdown; backend errors otherwise.
+    fn claim(&self, job_id: Uuid) -> impl Future<Output = Result<Claimed<Self::Sandbox>>> + Send;
+
+    /// Hands `job` to the runner in `sandbox` and returns its one result.
+    /// Bounded by the job's limits plus a grace: a sandbox that does not
+    /// answer in time yields [`Error::Timeout`].
+    ///
+    /// # Errors
+    /// Infrastructure failures only; the program's own failures are a
+    /// normal [`JobResult`].
+    fn run(
+        &self,
+        sandbox: &mut Self::Sandbox,
+        job: &Job,
+    ) -> impl Future<Output = Result<JobResult>> + Send;
+
+    /// Destroys a sandbox and everything that ran in it.
+    fn destroy(&self, sandbox: Self::Sandbox) -> impl Future<Output = ()> + Send;
+
+    /// Current figures.
+    fn stats(&self) -> PoolStats;
+}

@@ -1,0 +1,2 @@
+//! `warmpod-runner`: placeholder until the execution core lands.
+fn main() {}
