@@ -24,7 +24,7 @@ pub mod result;
 pub use job::{Job, JobMessage, JobMeta, SourceFile};
 pub use language::{LANGUAGES, Language, MemoryModel};
 pub use limits::{LimitError, Limits, ResolvedLimits};
-pub use queue::JobEvent;
+pub use queue::{JobEvent, RuntimeVersions};
 pub use result::{JobResult, Status};
 
 /// Milliseconds since the Unix epoch, the one clock format on the wire.

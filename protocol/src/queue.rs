@@ -1,5 +1,21 @@
 //! RabbitMQ names and the event format. See docs/architecture.md for the
 //! topology.
+//!
+//! Every service declares what it uses, idempotently, with exactly these
+//! arguments (a declaration with other arguments fails with
+//! `PRECONDITION_FAILED`, which the services report and exit on):
+//! - [`JOBS_QUEUE`]: durable, `x-queue-type=quorum`,
+//!   `x-max-length=<WARMPOD_QUEUE_MAX_LENGTH, default [`JOBS_QUEUE_MAX_LENGTH`]>`,
+//!   `x-overflow=reject-publish` (a full queue nacks the publish: the API
+//!   answers 429), `x-dead-letter-exchange=`[`DEAD_LETTER_EXCHANGE`],
+//!   `x-delivery-limit=`[`JOBS_QUEUE_DELIVERY_LIMIT`] (the broker's backstop;
+//!   the pod-manager gives up earlier, after its own attempts limit, reading
+//!   the quorum queue's `x-delivery-count` header).
+//! - [`DEAD_LETTER_EXCHANGE`]: durable fanout; [`DEAD_LETTER_QUEUE`]:
+//!   durable classic queue bound to it, no arguments.
+//! - [`EVENTS_EXCHANGE`]: durable topic exchange.
+//! - [`CALLBACKS_QUEUE`]: durable classic queue, no arguments, bound to
+//!   [`EVENTS_EXCHANGE`] with [`FINAL_EVENTS_BINDING`].
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -22,8 +38,26 @@ pub const CALLBACKS_QUEUE: &str = "warmpod.callbacks";
 pub const FINAL_EVENTS_BINDING: &str = "job.final.*";
 /// Binding that receives every event.
 pub const ALL_EVENTS_BINDING: &str = "job.#";
-/// Message header counting redeliveries done by the pod-manager.
-pub const ATTEMPTS_HEADER: &str = "x-warmpod-attempts";
+/// Header a quorum queue sets on redelivered messages: how many earlier
+/// deliveries failed (consumer crash, nack with requeue, lost connection).
+pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+/// Default `x-max-length` of [`JOBS_QUEUE`].
+pub const JOBS_QUEUE_MAX_LENGTH: i64 = 10_000;
+/// `x-delivery-limit` of [`JOBS_QUEUE`].
+pub const JOBS_QUEUE_DELIVERY_LIMIT: i64 = 10;
+/// Routing key on [`EVENTS_EXCHANGE`] of [`RuntimeVersions`] announcements.
+pub const RUNTIME_VERSIONS_ROUTING_KEY: &str = "pool.versions";
+
+/// The language runtimes' versions as found in a sandbox, announced by
+/// pod-managers on [`EVENTS_EXCHANGE`] at start-up and periodically, so an
+/// api-server (which has no runtimes of its own in a cluster) can list them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeVersions {
+    /// When the versions were read.
+    pub at_ms: UnixMillis,
+    /// Language key to version line, e.g. `"python" -> "Python 3.11.2"`.
+    pub versions: std::collections::BTreeMap<String, String>,
+}
 
 /// A change of a job's state, published on [`EVENTS_EXCHANGE`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
