@@ -5,6 +5,7 @@
 //! refills in the background, never on a job's critical path. Backends:
 //! `local` (bubblewrap, the embedded default) and `kube` (standby pods).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 
 use uuid::Uuid;
@@ -93,4 +94,19 @@ pub trait WarmPool: Send + Sync + 'static {
 
     /// Current figures.
     fn stats(&self) -> PoolStats;
+
+    /// The language runtimes' versions as a sandbox sees them: the JSON
+    /// object `warmpod-runner --versions` prints (language key to version
+    /// line), read by running that command in a sandbox of this pool. The
+    /// pod-manager announces it on the events exchange at start-up and
+    /// periodically ([`RuntimeVersions`](warmpod_protocol::RuntimeVersions)).
+    ///
+    /// # Errors
+    /// The sandbox could not be started or its answer was not that object.
+    fn runtime_versions(&self) -> impl Future<Output = Result<BTreeMap<String, String>>> + Send;
+
+    /// Stops refilling and destroys every ready (unclaimed) sandbox; later
+    /// claims fail with [`Error::Closed`]. Claimed sandboxes stay usable
+    /// until their owner destroys them. Called once, on graceful shutdown.
+    fn shutdown(&self) -> impl Future<Output = ()> + Send;
 }
