@@ -1,2 +1,92 @@
-//! `warmpod-runner`: placeholder until the execution core lands.
-fn main() {}
+//! `warmpod-runner`: reads one job line on stdin, prints one result line.
+//!
+//! `--versions` prints `{language: version}`; `--check` verifies every
+//! runtime is installed (a readiness probe).
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use warmpod_protocol::JobResult;
+use warmpod_runner::{DEFAULT_WORK_ROOT, LOCK_DIR, Runner, read_line, salvage_id};
+
+/// Runs ONE warmpod job under limits: one JSON job line in, one JSON result
+/// line out.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Print `{language: version line}` as one JSON object and exit.
+    #[arg(long, conflicts_with = "check")]
+    versions: bool,
+    /// Check every language's runtime is installed; exit 1 naming any
+    /// missing program.
+    #[arg(long)]
+    check: bool,
+    /// Run programs as this uid (root only); default: a free uid of
+    /// 61000-61999.
+    #[arg(long, env = "WARMPOD_RUNNER_UID")]
+    uid: Option<u32>,
+    /// Directory in which each job's private work directory is created.
+    #[arg(long, env = "WARMPOD_RUNNER_WORK_ROOT", default_value = DEFAULT_WORK_ROOT)]
+    work_root: PathBuf,
+    /// Directory of the per-uid lock files (root only).
+    #[arg(long, env = "WARMPOD_RUNNER_LOCK_DIR", default_value = LOCK_DIR)]
+    lock_dir: PathBuf,
+}
+
+/// Exit code for bad command-line configuration.
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if cli.versions {
+        return print_line(&serde_json::to_string(&warmpod_runner::versions()));
+    }
+    if cli.check {
+        return check();
+    }
+    let runner = Runner::start(cli.uid, &cli.lock_dir, cli.work_root);
+    let line = read_line(&mut io::stdin().lock());
+    let result = match runner {
+        Ok(runner) => runner.run_line(line),
+        Err(e) => {
+            let id = line.map(|l| salvage_id(&l)).unwrap_or_default();
+            JobResult::internal_error(id, format!("runner start-up failed: {e}"))
+        }
+    };
+    print_line(&serde_json::to_string(&result))
+}
+
+fn check() -> ExitCode {
+    let missing = warmpod_runner::missing_programs();
+    if missing.is_empty() {
+        println!("ok: every language runtime is installed");
+        return ExitCode::SUCCESS;
+    }
+    for (lang, program) in missing {
+        eprintln!("missing: {program} (language {lang})");
+    }
+    ExitCode::FAILURE
+}
+
+fn print_line(json: &serde_json::Result<String>) -> ExitCode {
+    let Ok(json) = json else {
+        return ExitCode::FAILURE;
+    };
+    let mut out = io::stdout().lock();
+    match writeln!(out, "{json}").and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
+}

@@ -1,0 +1,225 @@
+//! One job, start to finish: work directory, compile step, run step, result.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use uuid::Uuid;
+use warmpod_protocol::{JobResult, ResolvedLimits, Status, language};
+
+use crate::classify::{self, Verdict};
+use crate::identity::{Identity, IdentityError};
+use crate::job::{self, JobError, PreparedJob};
+use crate::limits;
+use crate::reaper;
+use crate::spawn::{ForkExec, LaunchSpec, Launcher};
+use crate::supervise::{self, Exit, Outcome, Watch};
+use crate::sys;
+use crate::workdir::WorkDir;
+
+/// Where work directories are created unless configured otherwise.
+pub const DEFAULT_WORK_ROOT: &str = "/tmp";
+
+/// Why the runner could not get ready.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Becoming a child subreaper failed.
+    #[error("becoming a child subreaper failed: {0}")]
+    Subreaper(#[source] io::Error),
+    /// No program identity.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+}
+
+/// Runs jobs: holds the program identity for the runner's life.
+#[derive(Debug)]
+pub struct Runner<L: Launcher = ForkExec> {
+    identity: Identity,
+    work_root: PathBuf,
+    launcher: L,
+}
+
+impl Runner<ForkExec> {
+    /// Gets ready to run a job: becomes a subreaper, takes a program
+    /// identity (see [`Identity::acquire`]) and kills anything a previous
+    /// holder of a dedicated uid left behind.
+    ///
+    /// # Errors
+    /// See [`StartError`].
+    pub fn start(
+        pinned_uid: Option<u32>,
+        lock_dir: &std::path::Path,
+        work_root: PathBuf,
+    ) -> Result<Self, StartError> {
+        reaper::become_subreaper().map_err(StartError::Subreaper)?;
+        let identity = Identity::acquire(pinned_uid, lock_dir)?;
+        if let Some(uid) = identity.dedicated_uid() {
+            let _ = sys::kill_all_owned_by(uid);
+        }
+        Ok(Self {
+            identity,
+            work_root,
+            launcher: ForkExec,
+        })
+    }
+}
+
+impl<L: Launcher> Runner<L> {
+    /// The uid programs run as.
+    pub fn program_uid(&self) -> u32 {
+        self.identity.uid()
+    }
+
+    /// Runs the job in `line` (as returned by [`job::read_line`]); any
+    /// problem becomes an `internal_error` result.
+    pub fn run_line(&self, line: Result<Vec<u8>, JobError>) -> JobResult {
+        let parsed = line
+            .map_err(|e| (Uuid::nil(), e))
+            .and_then(|l| job::parse(&l));
+        match parsed {
+            Ok(job) => self.run(&job),
+            Err((id, e)) => JobResult::internal_error(id, e.to_string()),
+        }
+    }
+
+    /// Runs a checked job.
+    pub fn run(&self, job: &PreparedJob) -> JobResult {
+        let owner = self.identity.switch_to();
+        let dir = match WorkDir::create(&self.work_root, job.id, owner, &job.files) {
+            Ok(dir) => dir,
+            Err(e) => {
+                return JobResult::internal_error(
+                    job.id,
+                    format!("creating the work directory failed: {e}"),
+                );
+            }
+        };
+        let mut compile_output = String::new();
+        if let Some(template) = job.language.compile {
+            let argv = language::expand(template, &job.sources(), job.compile_limits.memory_kb);
+            let step = Step {
+                argv: &argv,
+                limits: &job.compile_limits,
+                stdin: b"",
+                merge_output: true,
+            };
+            let outcome = match self.step(job, &dir, &step) {
+                Ok(o) => o,
+                Err(message) => return JobResult::internal_error(job.id, message),
+            };
+            compile_output = String::from_utf8_lossy(&outcome.stdout.bytes).into_owned();
+            if let Some(result) = compile_failure(job, &outcome, &compile_output) {
+                return result;
+            }
+        }
+        let mut argv = language::expand(job.language.run, &job.sources(), job.limits.memory_kb);
+        argv.extend(job.args.iter().cloned());
+        let step = Step {
+            argv: &argv,
+            limits: &job.limits,
+            stdin: job.stdin.as_bytes(),
+            merge_output: false,
+        };
+        let mut result = match self.step(job, &dir, &step) {
+            Ok(outcome) => {
+                let verdict = classify::classify(&outcome, job.language, &job.limits);
+                run_result(job.id, &outcome, verdict)
+            }
+            Err(message) => JobResult::internal_error(job.id, message),
+        };
+        result.compile_output = compile_output;
+        result
+    }
+
+    fn step(&self, job: &PreparedJob, dir: &WorkDir, step: &Step<'_>) -> Result<Outcome, String> {
+        let spec = LaunchSpec {
+            argv: step.argv,
+            dir: dir.path(),
+            ids: self.identity.switch_to(),
+            rlimits: limits::plan(job.language, step.limits, self.identity.tasks_running()),
+            stdin: step.stdin,
+            merge_output: step.merge_output,
+        };
+        let watch = Watch {
+            wall: Duration::from_millis(step.limits.wall_time_ms),
+            cpu_ms: step.limits.cpu_time_ms,
+            output_cap: usize::try_from(step.limits.max_output_bytes).unwrap_or(usize::MAX),
+            dedicated_uid: self.identity.dedicated_uid(),
+        };
+        let started = Instant::now();
+        let launched = self
+            .launcher
+            .launch(&spec)
+            .map_err(|e| format!("starting {} failed: {e}", step.argv[0]))?;
+        supervise::supervise(launched, started, &watch).map_err(|e| e.to_string())
+    }
+}
+
+/// One process to start and supervise.
+struct Step<'a> {
+    argv: &'a [String],
+    limits: &'a ResolvedLimits,
+    stdin: &'a [u8],
+    merge_output: bool,
+}
+
+/// The `compile_error` result of a failed compile step, if it failed.
+fn compile_failure(job: &PreparedJob, outcome: &Outcome, output: &str) -> Option<JobResult> {
+    let verdict = classify::classify(outcome, job.language, &job.compile_limits);
+    let message = match verdict.status {
+        Status::Accepted => return None,
+        Status::TimeLimitExceeded => Some(format!(
+            "compile time limit exceeded: {}",
+            verdict.message.unwrap_or_default()
+        )),
+        Status::RuntimeError => match outcome.exit {
+            Exit::Code(code) => Some(format!("the compiler exited with code {code}")),
+            Exit::Signal(sig) => Some(format!("the compiler was killed by {}", signal_name(sig))),
+        },
+        _ => verdict.message.map(|m| format!("compile step: {m}")),
+    };
+    Some(JobResult {
+        compile_output: output.to_string(),
+        message,
+        ..JobResult::new(job.id, Status::CompileError)
+    })
+}
+
+fn run_result(id: Uuid, outcome: &Outcome, verdict: Verdict) -> JobResult {
+    let (exit_code, signal) = match outcome.exit {
+        Exit::Code(c) => (Some(c), None),
+        Exit::Signal(s) => (None, Some(s)),
+    };
+    JobResult {
+        exit_code,
+        signal,
+        signal_name: signal.map(signal_name),
+        stdout: String::from_utf8_lossy(&outcome.stdout.bytes).into_owned(),
+        stderr: String::from_utf8_lossy(&outcome.stderr.bytes).into_owned(),
+        stdout_truncated: outcome.stdout.truncated,
+        stderr_truncated: outcome.stderr.truncated,
+        wall_time_ms: u64::try_from(outcome.wall.as_millis()).unwrap_or(u64::MAX),
+        cpu_time_ms: outcome.cpu_ms,
+        memory_kb: outcome.max_rss_kb,
+        message: verdict.message,
+        ..JobResult::new(id, verdict.status)
+    }
+}
+
+/// `"SIGSEGV"` for 11; `"SIG<n>"` for numbers without a name.
+pub fn signal_name(sig: i32) -> String {
+    Signal::try_from(sig).map_or_else(|_| format!("SIG{sig}"), |s| s.as_str().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_are_named() {
+        assert_eq!(signal_name(11), "SIGSEGV");
+        assert_eq!(signal_name(25), "SIGXFSZ");
+        assert_eq!(signal_name(999), "SIG999");
+    }
+}

@@ -1,0 +1,247 @@
+//! Who the program runs as.
+//!
+//! As root, the runner runs programs as a dedicated uid/gid from
+//! [`UID_RANGE`], so that `RLIMIT_NPROC` (counted per real uid, machine
+//! wide) counts only this job's processes and `kill(-1)` as that uid
+//! reaches only them. Concurrent runners on one machine each hold an
+//! exclusive `flock` on `<lock dir>/<uid>.lock` for their whole life, so no
+//! two share a uid. Not root (a bubblewrap sandbox started as a dedicated
+//! uid, or a non-root pod), the program runs as the runner's own uid.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::ops::RangeInclusive;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+/// The uids (and gids, the same numbers) handed to programs when root.
+pub const UID_RANGE: RangeInclusive<u32> = 61_000..=61_999;
+
+/// Where the per-uid lock files live.
+pub const LOCK_DIR: &str = "/tmp/warmpod-runner-uids";
+
+/// The identity programs run as.
+#[derive(Debug)]
+pub enum Identity {
+    /// A uid/gid of our own, locked for the runner's life.
+    Dedicated {
+        /// The program's uid.
+        uid: u32,
+        /// The program's gid.
+        gid: u32,
+        /// The held lock; released when the runner exits.
+        _lock: Flock<File>,
+    },
+    /// The runner's own uid (the runner is not root).
+    Inherited {
+        /// The runner's uid.
+        uid: u32,
+    },
+}
+
+/// Why no identity could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// The lock directory is unusable.
+    #[error("lock directory {path}: {source}")]
+    LockDir {
+        /// The directory.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: io::Error,
+    },
+    /// Every uid of the range is taken.
+    #[error("all program uids {}..={} are in use", UID_RANGE.start(), UID_RANGE.end())]
+    Exhausted,
+    /// A pinned uid is not usable.
+    #[error("uid {0} cannot be used for programs (root's uid)")]
+    BadPin(u32),
+}
+
+impl Identity {
+    /// Picks the identity for this runner: a locked uid from the range (or
+    /// `pinned`, waiting for its lock) when root, our own uid otherwise.
+    ///
+    /// # Errors
+    /// See [`IdentityError`].
+    pub fn acquire(pinned: Option<u32>, lock_dir: &Path) -> Result<Self, IdentityError> {
+        let euid = nix::unistd::geteuid().as_raw();
+        if euid != 0 {
+            return Ok(Self::Inherited { uid: euid });
+        }
+        if pinned == Some(0) {
+            return Err(IdentityError::BadPin(0));
+        }
+        let lock_err = |source| IdentityError::LockDir {
+            path: lock_dir.to_path_buf(),
+            source,
+        };
+        ensure_private_dir(lock_dir).map_err(lock_err)?;
+        if let Some(uid) = pinned {
+            let file = open_lock(lock_dir, uid).map_err(lock_err)?;
+            let lock =
+                Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| lock_err(e.into()))?;
+            return Ok(Self::dedicated(uid, lock));
+        }
+        let span = UID_RANGE.end() - UID_RANGE.start() + 1;
+        let start = std::process::id() % span;
+        for i in 0..span {
+            let uid = UID_RANGE.start() + (start + i) % span;
+            let file = open_lock(lock_dir, uid).map_err(lock_err)?;
+            if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                return Ok(Self::dedicated(uid, lock));
+            }
+        }
+        Err(IdentityError::Exhausted)
+    }
+
+    fn dedicated(uid: u32, lock: Flock<File>) -> Self {
+        Self::Dedicated {
+            uid,
+            gid: uid,
+            _lock: lock,
+        }
+    }
+
+    /// The program's uid.
+    pub fn uid(&self) -> u32 {
+        match self {
+            Self::Dedicated { uid, .. } | Self::Inherited { uid } => *uid,
+        }
+    }
+
+    /// `(uid, gid)` to switch to before exec, when the runner is root.
+    pub fn switch_to(&self) -> Option<(u32, u32)> {
+        match self {
+            Self::Dedicated { uid, gid, .. } => Some((*uid, *gid)),
+            Self::Inherited { .. } => None,
+        }
+    }
+
+    /// Whether the uid belongs to programs alone (so everything it owns may
+    /// be killed).
+    pub fn is_dedicated(&self) -> bool {
+        matches!(self, Self::Dedicated { .. })
+    }
+
+    /// The uid whose processes may all be killed, when dedicated.
+    pub fn dedicated_uid(&self) -> Option<u32> {
+        self.is_dedicated().then(|| self.uid())
+    }
+
+    /// How many tasks (threads included) the program's uid runs already,
+    /// as far as `/proc` shows: 0 for a dedicated uid (cleared at start),
+    /// else our own uid's count, which `RLIMIT_NPROC` also counts.
+    pub fn tasks_running(&self) -> u64 {
+        match self {
+            Self::Dedicated { .. } => 0,
+            Self::Inherited { uid } => count_tasks_of(*uid),
+        }
+    }
+}
+
+fn count_tasks_of(uid: u32) -> u64 {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter_map(|e| fs::read_to_string(e.path().join("status")).ok())
+        .filter_map(|status| tasks_if_owned(&status, uid))
+        .sum()
+}
+
+/// The `Threads:` count of a `/proc/<pid>/status` text whose real uid is
+/// `uid`.
+fn tasks_if_owned(status: &str, uid: u32) -> Option<u64> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+    };
+    if field("Uid:")?.parse::<u32>().ok()? != uid {
+        return None;
+    }
+    field("Threads:")?.parse().ok()
+}
+
+/// Creates `dir` (0700) if needed and checks it is a real directory owned
+/// by us that nobody else can write to.
+fn ensure_private_dir(dir: &Path) -> io::Result<()> {
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = fs::symlink_metadata(dir)?;
+    let euid = nix::unistd::geteuid().as_raw();
+    if !meta.is_dir() || meta.uid() != euid || meta.mode() & 0o022 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "not a directory owned by us and closed to others",
+        ));
+    }
+    Ok(())
+}
+
+fn open_lock(dir: &Path, uid: u32) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(dir.join(format!("{uid}.lock")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_acquisitions_get_distinct_uids() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // Only root hands out dedicated uids.
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let a = Identity::acquire(None, dir.path()).unwrap();
+        let b = Identity::acquire(None, dir.path()).unwrap();
+        assert!(a.is_dedicated() && b.is_dedicated());
+        assert_ne!(a.uid(), b.uid());
+        assert!(UID_RANGE.contains(&a.uid()) && UID_RANGE.contains(&b.uid()));
+        let uid = a.uid();
+        drop(a);
+        let c = Identity::acquire(Some(uid), dir.path()).unwrap();
+        assert_eq!(c.switch_to(), Some((uid, uid)));
+    }
+
+    #[test]
+    fn tasks_are_counted_for_the_owner_only() {
+        let status = "Name:\tjava\nUid:\t1000\t1000\t1000\t1000\nThreads:\t17\n";
+        assert_eq!(tasks_if_owned(status, 1000), Some(17));
+        assert_eq!(tasks_if_owned(status, 1001), None);
+        let me = nix::unistd::getuid().as_raw();
+        assert!(count_tasks_of(me) >= 1);
+    }
+
+    #[test]
+    fn root_is_never_a_program_uid() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            Identity::acquire(Some(0), dir.path()),
+            Err(IdentityError::BadPin(0))
+        ));
+    }
+}

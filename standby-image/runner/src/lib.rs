@@ -1,0 +1,37 @@
+//! `warmpod-runner`: runs ONE job under limits. One JSON job line in on
+//! stdin, one JSON [`JobResult`](warmpod_protocol::JobResult) line out.
+//!
+//! # Layout
+//! - `job`: reading the line and checking every field ([`read_line`]).
+//! - `identity`: which uid programs run as; a locked dedicated uid when root.
+//! - `workdir`: the private work directory, removed afterwards.
+//! - `limits`: the `RLIMIT_*` values of a program (pure).
+//! - `spawn`: starting a program ([`Launcher`]); the only part a pre-started
+//!   interpreter would replace.
+//! - `supervise`: wall/CPU timer, capped output readers, cleanup.
+//! - `reaper`: subreaper, killing and reaping every descendant.
+//! - `classify`: the verdict rules (pure).
+//! - `execute`: one job start to finish ([`Runner`]).
+//! - `versions`: `--versions` and `--check`.
+//! - `sys`: the only `unsafe` code (pre-exec setup, `wait4`, kill helper).
+
+mod classify;
+mod execute;
+mod identity;
+mod job;
+mod limits;
+mod reaper;
+mod spawn;
+mod supervise;
+mod sys;
+mod versions;
+mod workdir;
+
+pub use classify::MEMORY_THRESHOLD_PERCENT;
+pub use execute::{DEFAULT_WORK_ROOT, Runner, StartError, signal_name};
+pub use identity::{Identity, IdentityError, LOCK_DIR, UID_RANGE};
+pub use job::{JobError, MAX_LINE_BYTES, read_line, salvage_id};
+pub use limits::{MAX_STACK_BYTES, OPEN_FILES};
+pub use spawn::{ForkExec, LaunchSpec, Launched, Launcher, PROGRAM_PATH};
+pub use supervise::POLL_INTERVAL;
+pub use versions::{VERSION_TIMEOUT, missing_programs, versions};

@@ -1,0 +1,174 @@
+//! Killing and reaping everything a program left behind.
+//!
+//! The runner is a child subreaper ([`become_subreaper`]), so every orphan
+//! of a program (a double-forked daemon, a `setsid` grandchild) is
+//! reparented to it rather than to init. Hence: once the runner has no
+//! children left, no descendant is left. [`kill_everything`] kills the
+//! program's process group, everything the dedicated uid owns, and every
+//! process whose parent chain leads to the runner; [`reap_all`] repeats
+//! that and reaps until `wait` says `ECHILD`.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+
+use crate::sys;
+
+/// How long [`reap_all`] keeps trying before giving up.
+pub const REAP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Makes orphaned descendants children of the runner.
+///
+/// # Errors
+/// When `prctl` fails.
+pub fn become_subreaper() -> io::Result<()> {
+    Ok(nix::sys::prctl::set_child_subreaper(true)?)
+}
+
+/// Resource usage of descendants collected by [`reap_all`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReapedUsage {
+    /// CPU time (user + system) in milliseconds.
+    pub cpu_ms: u64,
+    /// Largest peak RSS in KiB.
+    pub max_rss_kb: u64,
+}
+
+/// SIGKILLs the process group `pgid`, everything `dedicated_uid` owns, and
+/// every descendant of the runner.
+pub fn kill_everything(pgid: Option<i32>, dedicated_uid: Option<u32>) {
+    if let Some(pgid) = pgid {
+        let _ = signal::killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    }
+    if let Some(uid) = dedicated_uid {
+        let _ = sys::kill_all_owned_by(uid);
+    }
+    for pid in descendants(std::process::id() as i32) {
+        let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
+/// Kills and reaps every child until none is left (or [`REAP_DEADLINE`]).
+///
+/// # Errors
+/// `TimedOut` when children were still alive at the deadline.
+pub fn reap_all(dedicated_uid: Option<u32>) -> io::Result<ReapedUsage> {
+    let deadline = Instant::now() + REAP_DEADLINE;
+    let mut usage = ReapedUsage::default();
+    loop {
+        match sys::wait4(-1, true) {
+            Ok(Some(reaped)) => usage.add(&reaped.rusage),
+            Ok(None) => {
+                if Instant::now() > deadline {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "descendants still alive after SIGKILL",
+                    ));
+                }
+                kill_everything(None, dedicated_uid);
+                // Give the killed processes a moment to become zombies.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return Ok(usage),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl ReapedUsage {
+    fn add(&mut self, ru: &libc::rusage) {
+        self.cpu_ms += rusage_cpu_ms(ru);
+        self.max_rss_kb = self.max_rss_kb.max(ru.ru_maxrss.max(0) as u64);
+    }
+}
+
+/// User + system CPU time of a `rusage`, in milliseconds.
+pub fn rusage_cpu_ms(ru: &libc::rusage) -> u64 {
+    timeval_ms(ru.ru_utime) + timeval_ms(ru.ru_stime)
+}
+
+fn timeval_ms(tv: libc::timeval) -> u64 {
+    tv.tv_sec.max(0) as u64 * 1000 + tv.tv_usec.max(0) as u64 / 1000
+}
+
+/// Every live process whose parent chain leads to `root`.
+pub fn descendants(root: i32) -> Vec<i32> {
+    let parents: HashMap<i32, i32> = process_parents().into_iter().collect();
+    let parent_of = |pid: i32| parents.get(&pid).copied();
+    parents
+        .keys()
+        .copied()
+        .filter(|&pid| {
+            let mut cur = pid;
+            // Bounded walk: a pid chain cannot be longer than the table.
+            for _ in 0..=parents.len() {
+                match parent_of(cur) {
+                    Some(pp) if pp == root => return true,
+                    Some(pp) if pp > 1 => cur = pp,
+                    _ => return false,
+                }
+            }
+            false
+        })
+        .collect()
+}
+
+/// `(pid, ppid)` of every process in `/proc`.
+fn process_parents() -> Vec<(i32, i32)> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            Some((pid, parse_ppid(&stat)?))
+        })
+        .collect()
+}
+
+/// The ppid field of a `/proc/<pid>/stat` line (the comm field may hold
+/// spaces and parentheses, so parse after the last `)`).
+pub fn parse_ppid(stat: &str) -> Option<i32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ppid_is_parsed_after_a_tricky_comm() {
+        let stat = "1234 (a) b (c)) S 77 1234 1234 0 -1 4194560 0 0";
+        assert_eq!(parse_ppid(stat), Some(77));
+        assert_eq!(parse_ppid("garbage"), None);
+    }
+
+    #[test]
+    fn our_own_children_are_descendants() {
+        let mut child = std::process::Command::new("/bin/sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let found = descendants(std::process::id() as i32);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(found.contains(&pid), "{found:?} lacks {pid}");
+    }
+
+    #[test]
+    fn timevals_become_milliseconds() {
+        let tv = libc::timeval {
+            tv_sec: 1,
+            tv_usec: 500_999,
+        };
+        assert_eq!(timeval_ms(tv), 1500);
+    }
+}

@@ -1,0 +1,123 @@
+//! Starting a program: the one place that turns a [`LaunchSpec`] into a
+//! running process with its pipes.
+//!
+//! Supervision and classification only see a [`Launched`] process, so
+//! another [`Launcher`] (e.g. a pre-started interpreter waiting for its
+//! program) can slot in and give the same results.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::thread;
+
+use crate::limits::RlimitPlan;
+use crate::sys::{self, ChildSetup};
+
+/// `PATH` of every program.
+pub const PROGRAM_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// Everything needed to start one program.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec<'a> {
+    /// The command and its arguments; `argv[0]` is an absolute path or a
+    /// path relative to `dir`.
+    pub argv: &'a [String],
+    /// Working directory; also `HOME` and `TMPDIR`.
+    pub dir: &'a Path,
+    /// `(uid, gid)` to become (root only).
+    pub ids: Option<(u32, u32)>,
+    /// Resource limits.
+    pub rlimits: RlimitPlan,
+    /// Bytes for stdin (fed by a thread, so large inputs never deadlock).
+    pub stdin: &'a [u8],
+    /// Whether stderr goes into the stdout pipe (compilers).
+    pub merge_output: bool,
+}
+
+/// A started program.
+#[derive(Debug)]
+pub struct Launched {
+    /// Its pid, which is also its process group and session id.
+    pub pid: i32,
+    /// Read end of its stdout (and stderr when merged).
+    pub stdout: File,
+    /// Read end of its stderr, unless merged.
+    pub stderr: Option<File>,
+}
+
+/// Starts programs.
+pub trait Launcher {
+    /// Starts the program `spec` describes.
+    ///
+    /// # Errors
+    /// When the program cannot be started (fork, exec or setup failed).
+    fn launch(&self, spec: &LaunchSpec<'_>) -> io::Result<Launched>;
+}
+
+/// Starts each program with fork and exec.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ForkExec;
+
+impl Launcher for ForkExec {
+    fn launch(&self, spec: &LaunchSpec<'_>) -> io::Result<Launched> {
+        let (program, args) = spec
+            .argv
+            .split_first()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", PROGRAM_PATH)
+            .env("HOME", spec.dir)
+            .env("TMPDIR", spec.dir)
+            .env("LANG", "C.UTF-8")
+            .current_dir(spec.dir)
+            .stdin(Stdio::piped());
+        let (out_read, out_write) = pipe()?;
+        let mut err_read = None;
+        if spec.merge_output {
+            cmd.stderr(Stdio::from(out_write.try_clone()?));
+        } else {
+            let (r, w) = pipe()?;
+            cmd.stderr(Stdio::from(w));
+            err_read = Some(File::from(r));
+        }
+        cmd.stdout(Stdio::from(out_write));
+        sys::install_child_setup(
+            &mut cmd,
+            ChildSetup {
+                rlimits: spec.rlimits.rlimits(),
+                ids: spec.ids,
+            },
+        );
+        let mut child = cmd.spawn()?;
+        // `cmd` holds our copies of the write ends: drop it so the readers
+        // see EOF once the program's side is closed.
+        drop(cmd);
+        if let Some(stdin) = child.stdin.take() {
+            feed(stdin, spec.stdin.to_vec());
+        }
+        Ok(Launched {
+            pid: i32::try_from(child.id()).map_err(io::Error::other)?,
+            stdout: File::from(out_read),
+            stderr: err_read,
+        })
+    }
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
+}
+
+/// Writes `bytes` to the program's stdin from a thread, then closes it. A
+/// program that never reads just makes the write fail once it is dead.
+fn feed(mut stdin: std::process::ChildStdin, bytes: Vec<u8>) {
+    if bytes.is_empty() {
+        return; // dropping `stdin` closes it: the program sees EOF
+    }
+    thread::spawn(move || {
+        let _ = stdin.write_all(&bytes);
+    });
+}

@@ -1,0 +1,191 @@
+//! The runner's only `unsafe` code: what happens between `fork` and `exec`,
+//! `wait4` with resource usage, and the short-lived helper that kills
+//! everything a program uid owns.
+//!
+//! Everything that runs in a forked child here makes raw system calls only
+//! (no allocation, no locks), because the parent is multi-threaded and only
+//! async-signal-safe work is allowed in such a child.
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// Number of resource limits set on a program.
+pub const RLIMIT_COUNT: usize = 7;
+
+/// One resource limit: `(resource, soft, hard)`.
+pub type Rlimit = (libc::__rlimit_resource_t, u64, u64);
+
+/// What a program's child process does to itself before `exec`.
+#[derive(Debug, Clone, Copy)]
+pub struct ChildSetup {
+    /// Resource limits, applied before the identity change.
+    pub rlimits: [Rlimit; RLIMIT_COUNT],
+    /// `(uid, gid)` to switch to (only when the runner is root).
+    pub ids: Option<(u32, u32)>,
+}
+
+/// Makes `cmd`'s child start a new session, take the limits and identity
+/// of `setup`, die with the runner, and close inherited descriptors on exec.
+pub fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
+    // SAFETY: the closure runs in the forked child before exec. It only
+    // makes raw system calls (setsid, prlimit, setgroups, setgid, setuid,
+    // prctl, close_range, fcntl, getppid), which are async-signal-safe; it
+    // allocates nothing and takes no locks. `setup` is `Copy` and moved in.
+    unsafe {
+        cmd.pre_exec(move || child_setup(&setup));
+    }
+}
+
+fn check(ret: libc::c_long) -> io::Result<()> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn child_setup(setup: &ChildSetup) -> io::Result<()> {
+    // SAFETY: setsid takes no pointers; we are the forked child.
+    check(unsafe { libc::setsid() }.into())?;
+    for (resource, soft, hard) in setup.rlimits {
+        let lim = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        // SAFETY: `lim` is a valid rlimit on our stack for the call.
+        check(unsafe { libc::setrlimit(resource, &lim) }.into())?;
+    }
+    if let Some((uid, gid)) = setup.ids {
+        // Raw syscalls change this thread only, which in the forked child
+        // is the whole process; glibc's wrappers would try to broadcast to
+        // threads that do not exist here.
+        // SAFETY: setgroups with size 0 reads no memory.
+        check(unsafe { libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) })?;
+        // SAFETY: plain integer arguments.
+        check(unsafe { libc::syscall(libc::SYS_setgid, gid) })?;
+        // SAFETY: plain integer arguments.
+        check(unsafe { libc::syscall(libc::SYS_setuid, uid) })?;
+    }
+    // Set after the identity change, which clears it.
+    // SAFETY: plain integer arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) }.into())?;
+    // SAFETY: plain integer arguments.
+    if unsafe { libc::getppid() } == 1 {
+        // The runner died before we could ask to die with it.
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    close_inherited_on_exec();
+    Ok(())
+}
+
+/// Marks every descriptor above stderr close-on-exec, so nothing the
+/// runner inherited (or std's internal pipe) leaks into the program.
+fn close_inherited_on_exec() {
+    // SAFETY: plain integer arguments.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if ret != 0 {
+        for fd in 3..4096 {
+            // SAFETY: fcntl on a descriptor that may not exist just fails.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
+}
+
+/// A child collected by [`wait4`].
+#[derive(Debug, Clone, Copy)]
+pub struct Reaped {
+    /// The raw wait status.
+    pub status: i32,
+    /// Its resource usage (and that of the children it waited for).
+    pub rusage: libc::rusage,
+}
+
+/// `wait4(pid)`, retrying on `EINTR`; `Ok(None)` when `nohang` and no
+/// child has changed state. `pid` -1 means any child.
+///
+/// # Errors
+/// `ECHILD` when there is no child to wait for.
+pub fn wait4(pid: i32, nohang: bool) -> io::Result<Option<Reaped>> {
+    let flags = if nohang { libc::WNOHANG } else { 0 } | libc::__WALL;
+    loop {
+        let mut status = 0;
+        // SAFETY: rusage is plain old data; zeroed is a valid value.
+        let mut rusage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: both pointers are valid for writes for the call.
+        let ret = unsafe { libc::wait4(pid, &mut status, flags, &mut rusage) };
+        match ret {
+            0 => return Ok(None),
+            pid if pid > 0 => return Ok(Some(Reaped { status, rusage })),
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.raw_os_error() != Some(libc::EINTR) {
+                    return Err(err);
+                }
+            }
+        }
+    }
+}
+
+/// Sends SIGKILL to every process whose real or saved uid is `uid`, from a
+/// forked helper that becomes `uid` (so `kill(-1)` reaches exactly those
+/// processes, never the runner). Waits for the helper.
+///
+/// # Errors
+/// When the helper cannot be forked or waited for.
+pub fn kill_all_owned_by(uid: u32) -> io::Result<()> {
+    // SAFETY: the child makes only the raw setuid, kill and _exit system
+    // calls, all async-signal-safe, so forking a multi-threaded process is
+    // sound here.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: raw system calls in the forked child, then _exit without
+        // running any of the parent's destructors or atexit handlers.
+        unsafe {
+            if libc::syscall(libc::SYS_setuid, uid) == 0 {
+                libc::kill(-1, libc::SIGKILL);
+            }
+            libc::_exit(0);
+        }
+    }
+    wait4(pid, false).map(|_| ())
+}
+
+/// Blocks until child `pid` has exited, without reaping it: the zombie
+/// keeps its pid (and so its process group id) from being reused until
+/// [`wait4`] collects it.
+///
+/// # Errors
+/// When `pid` is not a child of ours.
+pub fn wait_exit_keep_zombie(pid: i32) -> io::Result<()> {
+    loop {
+        // SAFETY: siginfo_t is plain old data; zeroed is a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is valid for writes for the call.
+        let ret = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT | libc::__WALL,
+            )
+        };
+        if ret == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The job's private work directory.
+//!
+//! Created fresh (never reused: creation fails if the path exists), mode
+//! 0700, owned by the program's uid; holds the job's files and is the
+//! program's cwd, `HOME` and `TMPDIR`. Removed on drop, whatever the program
+//! did to its permissions.
+
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+/// A work directory, removed when dropped.
+#[derive(Debug)]
+pub struct WorkDir {
+    path: PathBuf,
+}
+
+impl WorkDir {
+    /// Creates `<root>/warmpod-<id>-<runner pid>`, owned by `owner` when
+    /// given, and writes `files` into it.
+    ///
+    /// # Errors
+    /// When the directory exists already or any write fails.
+    pub fn create(
+        root: &Path,
+        id: Uuid,
+        owner: Option<(u32, u32)>,
+        files: &[(String, String)],
+    ) -> io::Result<Self> {
+        let path = root.join(format!("warmpod-{id}-{}", std::process::id()));
+        DirBuilder::new().mode(0o700).create(&path)?;
+        let dir = Self { path };
+        for (name, content) in files {
+            let file_path = dir.path.join(name);
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&file_path)?;
+            f.write_all(content.as_bytes())?;
+            chown(&file_path, owner)?;
+        }
+        chown(&dir.path, owner)?;
+        Ok(dir)
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn chown(path: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
+    match owner {
+        Some((uid, gid)) => std::os::unix::fs::lchown(path, Some(uid), Some(gid)),
+        None => Ok(()),
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if fs::remove_dir_all(&self.path).is_ok() {
+            return;
+        }
+        // The program may have made directories unreadable or unwritable
+        // (it owns them); open them up and try again.
+        open_up(&self.path);
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+fn open_up(dir: &Path) {
+    let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                open_up(&entry.path());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_are_written_and_everything_removed_on_drop() {
+        let root = tempfile::tempdir().unwrap();
+        let files = vec![("main.py".to_string(), "print(1)".to_string())];
+        let dir = WorkDir::create(root.path(), Uuid::new_v4(), None, &files).unwrap();
+        let path = dir.path().to_path_buf();
+        assert_eq!(
+            fs::read_to_string(path.join("main.py")).unwrap(),
+            "print(1)"
+        );
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let locked = path.join("a/b");
+        fs::create_dir_all(&locked).unwrap();
+        fs::write(locked.join("f"), "x").unwrap();
+        fs::set_permissions(path.join("a"), fs::Permissions::from_mode(0o000)).unwrap();
+        drop(dir);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn an_existing_directory_is_never_reused() {
+        let root = tempfile::tempdir().unwrap();
+        let id = Uuid::new_v4();
+        let _first = WorkDir::create(root.path(), id, None, &[]).unwrap();
+        assert!(WorkDir::create(root.path(), id, None, &[]).is_err());
+    }
+}
