@@ -5,6 +5,8 @@
 //! refills in the background, never on a job's critical path. Backends:
 //! `local` (bubblewrap, the embedded default) and `kube` (standby pods).
 
+pub mod kube;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 

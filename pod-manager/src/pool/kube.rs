@@ -1,0 +1,434 @@
+//! The Kubernetes backend: standby pods of a Deployment as the warm pool.
+//!
+//! Standby pods carry `app.kubernetes.io/name=warmpod-standby`,
+//! `warmpod.io/pool=<pool>` and `warmpod.io/state=standby`; the standby
+//! Deployment's selector includes the state label. Their main process only
+//! idles; `warmpod-runner` is started by an exec per job.
+//!
+//! A job costs three API calls on the happy path:
+//! 1. **claim**: one JSON patch whose first op `test`s the state label, then
+//!    relabels the pod `claimed` with the job and this manager's name (see
+//!    [`claim`]). The API server applies patches atomically, so of two
+//!    managers racing for a pod exactly one wins; the loser gets a 409/422
+//!    and tries the next pod. The relabel takes the pod out of the
+//!    ReplicaSet's selector, which starts a replacement at once.
+//! 2. **run**: an exec of `warmpod-runner` over a WebSocket (`v5.channel.k8s.io`
+//!    when offered, `v4` otherwise): the job line on stdin, the result line on
+//!    stdout, the exit status on the status channel, all bounded by a
+//!    deadline (see [`exec`]). A timeout or a broken stream deletes the pod.
+//! 3. **destroy**: delete with `gracePeriodSeconds: 0`.
+//!
+//! The standby set is kept in memory by a kube-runtime reflector (see
+//! [`standby`]), so claiming never lists. Beside the pool run the
+//! [`janitor`] (deletes claimed pods a crashed manager left behind) and the
+//! [`scaler`] (keeps the standby Deployment's replicas between a minimum and
+//! a maximum from queue depth and in-flight jobs).
+//!
+//! # Layout
+//! - [`KubeConfig`]: the backend's typed settings, [`KubePool`]: the
+//!   [`WarmPool`] implementation, [`PodSandbox`]: a claimed pod.
+//! - [`labels`]: label and annotation names, shared with `k8s-config/`.
+//! - [`standby`]: the reflector of ready standby pods.
+//! - [`claim`]: the claim patch and the claim loop.
+//! - [`exec`]: running the runner over the exec WebSocket.
+//! - [`janitor`]: the crash-leftover sweeper.
+//! - [`scaler`]: pool sizing, decisions as pure functions.
+//! - [`metrics`]: per-phase timings and API calls per job.
+
+pub mod claim;
+pub mod exec;
+pub mod janitor;
+pub mod labels;
+pub mod metrics;
+pub mod scaler;
+pub mod standby;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+use warmpod_protocol::{Job, JobResult};
+
+use super::{Claimed, Error, PoolStats, Result, WarmPool};
+pub use metrics::KubeMetrics;
+pub use scaler::{ScalePolicy, Scaler};
+
+/// Settings of the Kubernetes backend, built once by the binary's config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeConfig {
+    /// Namespace of the standby pods and their Deployment.
+    pub namespace: String,
+    /// Value of the `warmpod.io/pool` label this manager claims from.
+    pub pool: String,
+    /// Name of the standby Deployment (for the scale subresource).
+    pub deployment: String,
+    /// Container in the standby pod that holds `warmpod-runner`.
+    pub container: String,
+    /// Command that starts the runner inside that container.
+    pub runner_command: Vec<String>,
+    /// This manager's pod name (downward API), written to
+    /// `warmpod.io/claimed-by` on every pod it claims.
+    pub manager: String,
+    /// Added to a job's run and compile wall limits to bound its exec.
+    pub exec_grace: Duration,
+    /// Claimed pods older than this are crash leftovers: the janitor
+    /// deletes them. Must exceed the longest possible job.
+    pub janitor_max_age: Duration,
+    /// How often the janitor sweeps.
+    pub janitor_interval: Duration,
+    /// Pool sizing bounds and damping.
+    pub scale: ScalePolicy,
+}
+
+impl Default for KubeConfig {
+    fn default() -> Self {
+        Self {
+            namespace: DEFAULT_NAMESPACE.into(),
+            pool: DEFAULT_POOL.into(),
+            deployment: DEFAULT_DEPLOYMENT.into(),
+            container: DEFAULT_CONTAINER.into(),
+            runner_command: vec![DEFAULT_RUNNER_PATH.into()],
+            manager: "pod-manager".into(),
+            exec_grace: DEFAULT_EXEC_GRACE,
+            janitor_max_age: DEFAULT_JANITOR_MAX_AGE,
+            janitor_interval: DEFAULT_JANITOR_INTERVAL,
+            scale: ScalePolicy::default(),
+        }
+    }
+}
+
+/// Default namespace (`k8s-config/` creates it).
+pub const DEFAULT_NAMESPACE: &str = "warmpod";
+/// Default pool name.
+pub const DEFAULT_POOL: &str = "default";
+/// Default name of the standby Deployment.
+pub const DEFAULT_DEPLOYMENT: &str = "warmpod-standby";
+/// Default name of the runner's container in a standby pod.
+pub const DEFAULT_CONTAINER: &str = "runner";
+/// Where the standby image installs the runner.
+pub const DEFAULT_RUNNER_PATH: &str = "/usr/local/bin/warmpod-runner";
+/// Default exec grace beyond the job's own wall limits.
+pub const DEFAULT_EXEC_GRACE: Duration = Duration::from_secs(10);
+/// Default janitor age: the longest job (60 s run + 60 s compile at the
+/// protocol maxima) plus the grace, with a wide margin.
+pub const DEFAULT_JANITOR_MAX_AGE: Duration = Duration::from_secs(300);
+/// Default janitor period.
+pub const DEFAULT_JANITOR_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A standby pod claimed for one job.
+#[derive(Debug)]
+pub struct PodSandbox {
+    name: String,
+    job: Uuid,
+    claimed_at: Instant,
+    /// API calls made for this job so far (claim attempts, exec, delete).
+    api_calls: u32,
+    /// Set once the pod was deleted (after a failed exec), so `destroy`
+    /// does not delete it again.
+    deleted: bool,
+}
+
+impl PodSandbox {
+    /// The pod's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The job it was claimed for.
+    pub fn job(&self) -> Uuid {
+        self.job
+    }
+
+    /// API calls made for this job so far.
+    pub fn api_calls(&self) -> u32 {
+        self.api_calls
+    }
+}
+
+/// The Kubernetes [`WarmPool`]: cheap to clone, background tasks stop when
+/// [`WarmPool::shutdown`] is called or the last clone is dropped.
+#[derive(Clone)]
+pub struct KubePool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: KubeConfig,
+    pods: Api<Pod>,
+    deployments: Api<Deployment>,
+    standby: standby::StandbySet,
+    metrics: KubeMetrics,
+    claimed: AtomicU64,
+    warm_hits: AtomicU64,
+    cold_claims: AtomicU64,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl std::fmt::Debug for KubePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubePool")
+            .field("cfg", &self.inner.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubePool {
+    /// Checks the cluster answers (pods can be listed, the standby
+    /// Deployment exists), then starts the standby reflector and the janitor.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the failed call, with a hint at RBAC or the
+    /// manifests, when the cluster does not answer as expected.
+    pub async fn start(client: Client, cfg: KubeConfig, metrics: KubeMetrics) -> Result<Self> {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &cfg.namespace);
+        let deployments: Api<Deployment> = Api::namespaced(client, &cfg.namespace);
+        pods.list_metadata(
+            &ListParams::default()
+                .labels(&labels::pool_selector(&cfg.pool))
+                .limit(1),
+        )
+        .await
+        .map_err(|e| {
+            kube_error(
+                format!(
+                    "listing pods in namespace {:?} (is the namespace there and may this \
+                         service account list pods? see k8s-config/pod-manager.yaml)",
+                    cfg.namespace
+                ),
+                e,
+            )
+        })?;
+        deployments.get_scale(&cfg.deployment).await.map_err(|e| {
+            kube_error(
+                format!(
+                    "reading the scale of deployment {:?} in {:?} (apply k8s-config first)",
+                    cfg.deployment, cfg.namespace
+                ),
+                e,
+            )
+        })?;
+        let shutdown = CancellationToken::new();
+        let standby = standby::StandbySet::start(pods.clone(), &cfg.pool, shutdown.child_token());
+        let janitor = janitor::Janitor::new(pods.clone(), &cfg, metrics.clone());
+        tokio::spawn(janitor.run(cfg.janitor_interval, shutdown.child_token()));
+        info!(namespace = %cfg.namespace, pool = %cfg.pool, manager = %cfg.manager, "kube pool started");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                cfg,
+                pods,
+                deployments,
+                standby,
+                metrics,
+                claimed: AtomicU64::new(0),
+                warm_hits: AtomicU64::new(0),
+                cold_claims: AtomicU64::new(0),
+                shutdown,
+            }),
+        })
+    }
+
+    /// The backend's settings.
+    pub fn config(&self) -> &KubeConfig {
+        &self.inner.cfg
+    }
+
+    /// A scaler for the standby Deployment; run it with
+    /// [`Scaler::run`] and a queue-depth source.
+    pub fn scaler(&self) -> Scaler {
+        let inner = Arc::downgrade(&self.inner);
+        Scaler::new(
+            self.inner.deployments.clone(),
+            self.inner.cfg.deployment.clone(),
+            self.inner.cfg.scale,
+            Arc::new(move || {
+                inner
+                    .upgrade()
+                    .map_or(0, |i| i.claimed.load(Ordering::Relaxed))
+            }),
+            self.inner.metrics.clone(),
+        )
+    }
+
+    /// Fires when the pool shuts down; for tasks that live as long as it.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    /// Deletes `name` with grace 0; a pod already gone counts as deleted.
+    async fn delete_pod(&self, name: &str) -> Result<()> {
+        self.inner.metrics.api_call("delete");
+        match self
+            .inner
+            .pods
+            .delete(name, &DeleteParams::default().grace_period(0))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if api_code(&e) == Some(404) => Ok(()),
+            Err(e) => Err(kube_error(format!("deleting pod {name}"), e)),
+        }
+    }
+}
+
+impl WarmPool for KubePool {
+    type Sandbox = PodSandbox;
+
+    async fn claim(&self, job_id: Uuid) -> Result<Claimed<PodSandbox>> {
+        let started = Instant::now();
+        let inner = &self.inner;
+        let outcome = claim::claim(
+            &inner.pods,
+            &inner.standby,
+            &inner.cfg.manager,
+            job_id,
+            &inner.metrics,
+            &inner.shutdown,
+        )
+        .await?;
+        inner.claimed.fetch_add(1, Ordering::Relaxed);
+        if outcome.warm {
+            inner.warm_hits.fetch_add(1, Ordering::Relaxed);
+        } else {
+            inner.cold_claims.fetch_add(1, Ordering::Relaxed);
+        }
+        inner.metrics.phase("claim", started.elapsed());
+        debug!(pod = %outcome.pod, job = %job_id, attempts = outcome.attempts, warm = outcome.warm, "claimed");
+        Ok(Claimed {
+            sandbox: PodSandbox {
+                name: outcome.pod,
+                job: job_id,
+                claimed_at: started,
+                api_calls: outcome.attempts,
+                deleted: false,
+            },
+            warm: outcome.warm,
+        })
+    }
+
+    async fn run(&self, sandbox: &mut PodSandbox, job: &Job) -> Result<JobResult> {
+        let started = Instant::now();
+        let inner = &self.inner;
+        let deadline = exec::deadline(job, inner.cfg.exec_grace);
+        sandbox.api_calls += 1;
+        inner.metrics.api_call("exec");
+        let outcome = exec::run_job(
+            &inner.pods,
+            &sandbox.name,
+            &inner.cfg.container,
+            &inner.cfg.runner_command,
+            job,
+            deadline,
+        )
+        .await;
+        inner.metrics.phase("exec", started.elapsed());
+        match outcome {
+            Ok(result) => Ok(result),
+            Err(e) => {
+                // A pod whose exec failed may still run the program: kill it
+                // now rather than at destroy, and never reuse it.
+                warn!(pod = %sandbox.name, job = %job.id, error = %e, "exec failed, deleting pod");
+                inner.metrics.exec_failed(&e);
+                sandbox.api_calls += 1;
+                match self.delete_pod(&sandbox.name).await {
+                    Ok(()) => sandbox.deleted = true,
+                    Err(del) => {
+                        warn!(pod = %sandbox.name, error = %del, "delete after failed exec failed; the janitor will retry")
+                    }
+                }
+                Err(e.into_pool_error(deadline))
+            }
+        }
+    }
+
+    async fn destroy(&self, mut sandbox: PodSandbox) {
+        let started = Instant::now();
+        if !sandbox.deleted {
+            sandbox.api_calls += 1;
+            if let Err(e) = self.delete_pod(&sandbox.name).await {
+                warn!(pod = %sandbox.name, error = %e, "destroy failed; the janitor will delete the pod");
+            }
+        }
+        let inner = &self.inner;
+        inner.claimed.fetch_sub(1, Ordering::Relaxed);
+        inner.metrics.phase("destroy", started.elapsed());
+        inner
+            .metrics
+            .job_done(sandbox.api_calls, sandbox.claimed_at.elapsed());
+        debug!(pod = %sandbox.name, job = %sandbox.job, api_calls = sandbox.api_calls, "destroyed");
+    }
+
+    fn stats(&self) -> PoolStats {
+        let inner = &self.inner;
+        let counts = inner.standby.counts();
+        PoolStats {
+            ready: counts.ready,
+            claimed: inner.claimed.load(Ordering::Relaxed),
+            starting: counts.starting,
+            warm_hits: inner.warm_hits.load(Ordering::Relaxed),
+            cold_claims: inner.cold_claims.load(Ordering::Relaxed),
+        }
+    }
+
+    async fn runtime_versions(&self) -> Result<BTreeMap<String, String>> {
+        // `--versions` runs beside the idle main process of a ready standby
+        // pod and leaves nothing behind, so the pod stays in the pool.
+        let pod = self
+            .inner
+            .standby
+            .wait_any_ready(&self.inner.shutdown)
+            .await?;
+        let mut command = self.inner.cfg.runner_command.clone();
+        command.push("--versions".into());
+        self.inner.metrics.api_call("exec");
+        let out = exec::run_command(
+            &self.inner.pods,
+            &pod,
+            &self.inner.cfg.container,
+            &command,
+            exec::VERSIONS_DEADLINE,
+        )
+        .await
+        .map_err(|e| e.into_pool_error(exec::VERSIONS_DEADLINE))?;
+        serde_json::from_str(out.trim()).map_err(|e| {
+            Error::Protocol(format!(
+                "`warmpod-runner --versions` in pod {pod} printed no JSON object: {e}"
+            ))
+        })
+    }
+
+    async fn shutdown(&self) {
+        // Standby pods belong to the Deployment and are shared with other
+        // managers: they stay. Only this manager's claims and tasks stop.
+        self.inner.shutdown.cancel();
+    }
+}
+
+/// Wraps a kube error as a pool error saying what we were doing.
+pub(crate) fn kube_error(context: impl Into<String>, e: kube::Error) -> Error {
+    Error::Io {
+        context: context.into(),
+        source: std::io::Error::other(e),
+    }
+}
+
+/// The HTTP status of an API error, if `e` is one.
+pub(crate) fn api_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
