@@ -1,0 +1,178 @@
+//! Building jobs, running the binary with a deadline, and checking that a
+//! job left no process or file behind.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+use warmpod_protocol::{JobResult, Status};
+
+/// The binary under test.
+pub const RUNNER: &str = env!("CARGO_BIN_EXE_warmpod-runner");
+
+/// How long any single runner invocation may take before the test fails
+/// (generous: a loaded 2-core machine compiling Java).
+pub const DEADLINE: Duration = Duration::from_secs(90);
+
+/// A job under construction.
+#[derive(Debug, Clone)]
+pub struct TestJob {
+    /// The job's id (unique per test: it marks the job's processes).
+    pub id: Uuid,
+    value: Value,
+}
+
+/// A job of `language` whose entry point is `code`.
+pub fn job(language: &str, code: &str) -> TestJob {
+    let id = Uuid::new_v4();
+    TestJob {
+        id,
+        value: json!({
+            "id": id,
+            "language": language,
+            "files": [{ "name": "", "content": code }],
+        }),
+    }
+}
+
+impl TestJob {
+    /// Sets the program's stdin.
+    pub fn stdin(mut self, stdin: &str) -> Self {
+        self.value["stdin"] = json!(stdin);
+        self
+    }
+
+    /// Sets the program's arguments.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.value["args"] = json!(args);
+        self
+    }
+
+    /// Adds a file.
+    pub fn file(mut self, name: &str, content: &str) -> Self {
+        self.value["files"]
+            .as_array_mut()
+            .expect("files is an array")
+            .push(json!({ "name": name, "content": content }));
+        self
+    }
+
+    /// Sets run limits (a JSON object of `Limits` fields).
+    pub fn limits(mut self, limits: Value) -> Self {
+        self.value["limits"] = limits;
+        self
+    }
+
+    /// Sets compile limits.
+    pub fn compile_limits(mut self, limits: Value) -> Self {
+        self.value["compile_limits"] = limits;
+        self
+    }
+
+    /// Runs the job, checks the result is for this job and that nothing of
+    /// it is left behind.
+    pub fn run(&self) -> JobResult {
+        let result = run_line(&self.value.to_string());
+        assert_eq!(result.id, self.id, "result for another job: {result:?}");
+        assert_nothing_left(self.id);
+        result
+    }
+}
+
+/// Feeds `line` + `\n` to a fresh runner WITHOUT closing its stdin (the
+/// runner must not wait for EOF), and parses its single output line.
+/// Fails the test (killing the runner) past [`DEADLINE`].
+pub fn run_line(line: &str) -> JobResult {
+    let (status, stdout) = run_raw(&[], line);
+    assert!(status.success(), "runner exited with {status}");
+    parse_single_line(&stdout)
+}
+
+/// Runs the binary with `args` and `input` on stdin (kept open until it
+/// exits); returns its exit status and stdout.
+pub fn run_raw(args: &[&str], input: &str) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(RUNNER)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("runner starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    // Modes that never read stdin (--check) may exit before the write.
+    let _ = stdin.write_all(input.as_bytes());
+    let _ = stdin.write_all(b"\n");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut out = String::new();
+        let read = stdout.read_to_string(&mut out);
+        let status = child.wait();
+        let _ = tx.send((read.map(|_| out), status));
+    });
+    let Ok((out, status)) = rx.recv_timeout(DEADLINE) else {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        panic!("runner did not answer within {DEADLINE:?}");
+    };
+    drop(stdin);
+    (
+        status.expect("runner waited for"),
+        out.expect("stdout is UTF-8"),
+    )
+}
+
+/// Parses exactly one JSON line.
+pub fn parse_single_line(stdout: &str) -> JobResult {
+    assert!(stdout.ends_with('\n'), "no final newline: {stdout:?}");
+    assert_eq!(stdout.lines().count(), 1, "more than one line: {stdout:?}");
+    serde_json::from_str(stdout.trim_end())
+        .unwrap_or_else(|e| panic!("bad result line {stdout:?}: {e}"))
+}
+
+/// Asserts no process of job `id` runs (every program process has the job
+/// id in its environment, through `HOME`/`TMPDIR`, or in its cwd) and that
+/// its work directory is gone.
+pub fn assert_nothing_left(id: Uuid) {
+    let marker = id.to_string();
+    let left = processes_marked(&marker);
+    assert!(left.is_empty(), "processes of job {id} left: {left:?}");
+    let dirs: Vec<_> = fs::read_dir("/tmp")
+        .expect("/tmp readable")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(&marker))
+        .collect();
+    assert!(dirs.is_empty(), "work dirs of job {id} left: {dirs:?}");
+}
+
+/// Pids whose environment or cwd mentions `marker`.
+pub fn processes_marked(marker: &str) -> Vec<i32> {
+    fs::read_dir("/proc")
+        .expect("/proc readable")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| is_marked(*pid, marker))
+        .collect()
+}
+
+/// Whether process `pid` exists and mentions `marker` in its environment
+/// or cwd (a pid reused by an unrelated process does not).
+pub fn is_marked(pid: i32, marker: &str) -> bool {
+    let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let cwd = fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+    String::from_utf8_lossy(&environ).contains(marker) || cwd.to_string_lossy().contains(marker)
+}
+
+/// Asserts the status, printing the whole result when it differs.
+#[track_caller]
+pub fn assert_status(result: &JobResult, status: Status) {
+    assert_eq!(result.status, status, "{result:#?}");
+}

@@ -1,0 +1,9 @@
+//! Black-box tests of the `warmpod-runner` binary: a job line in, a result
+//! line out, and nothing of the job left behind.
+
+mod cli;
+mod helpers;
+mod input;
+mod languages;
+mod limits;
+mod processes;

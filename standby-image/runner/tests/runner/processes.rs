@@ -1,0 +1,128 @@
+//! Processes: fork bombs, daemons and `setsid` grandchildren are all
+//! killed; the program runs unprivileged in a clean environment.
+
+use serde_json::json;
+use warmpod_protocol::Status;
+
+use crate::helpers::{assert_status, is_marked, job};
+
+#[test]
+fn fork_bomb_is_contained() {
+    // The bomb runs in the background; the main process sleeps on, so the
+    // wall clock ends the run.
+    let result = job("bash", ":(){ :|:& };:\nexec sleep 600")
+        .limits(json!({ "max_processes": 16, "wall_time_ms": 2000 }))
+        .run();
+    assert_status(&result, Status::TimeLimitExceeded);
+    assert!(
+        result.stderr.contains("Resource temporarily unavailable"),
+        "the bomb reached max_processes: {result:#?}"
+    );
+}
+
+#[test]
+fn c_fork_bomb_is_contained() {
+    let code = "#include <unistd.h>\nint main(void) { for (;;) fork(); }";
+    let result = job("c", code)
+        .limits(json!({ "max_processes": 16, "wall_time_ms": 2000, "cpu_time_ms": 1000 }))
+        .run();
+    assert_status(&result, Status::TimeLimitExceeded);
+}
+
+#[test]
+fn double_forked_daemon_is_killed() {
+    // The daemon keeps stdout and stderr open and sleeps; the runner must
+    // not wait for those pipes, and must kill it.
+    let code = "import os, sys, time\n\
+                r, w = os.pipe()\n\
+                if os.fork() == 0:\n\
+                \x20   os.setsid()\n\
+                \x20   if os.fork() == 0:\n\
+                \x20       os.write(w, str(os.getpid()).encode())\n\
+                \x20       os.close(w)\n\
+                \x20       time.sleep(600)\n\
+                \x20   os._exit(0)\n\
+                os.close(w)\n\
+                print(os.read(r, 32).decode(), flush=True)\n";
+    let test_job = job("python", code).limits(json!({ "wall_time_ms": 5000 }));
+    let result = test_job.run();
+    assert_status(&result, Status::Accepted);
+    let daemon: i32 = result.stdout.trim().parse().expect("daemon pid printed");
+    assert!(
+        !is_marked(daemon, &test_job.id.to_string()),
+        "daemon {daemon} alive"
+    );
+}
+
+#[test]
+fn setsid_grandchild_is_killed_on_timeout() {
+    let test_job = job("bash", "setsid sleep 600 &\necho $!\nsleep 600")
+        .limits(json!({ "wall_time_ms": 500 }));
+    let result = test_job.run();
+    assert_status(&result, Status::TimeLimitExceeded);
+    let pid: i32 = result.stdout.trim().parse().expect("pid printed");
+    assert!(
+        !is_marked(pid, &test_job.id.to_string()),
+        "grandchild {pid} alive"
+    );
+}
+
+#[test]
+fn background_children_die_with_the_program() {
+    let result = job("bash", "sleep 600 &\nsleep 600 &\necho done").run();
+    assert_status(&result, Status::Accepted);
+    assert_eq!(result.stdout, "done\n");
+}
+
+#[test]
+fn program_runs_unprivileged_with_a_clean_environment() {
+    let code = "import os\n\
+                print(os.getuid() != 0, os.getgid() != 0, os.getgroups())\n\
+                print(sorted(os.environ))\n\
+                print(os.getcwd() == os.environ['HOME'] == os.environ['TMPDIR'])\n\
+                print(os.environ['PATH'])";
+    let result = job("python", code).run();
+    assert_status(&result, Status::Accepted);
+    let lines: Vec<&str> = result.stdout.lines().collect();
+    let root = nix_is_root();
+    if root {
+        assert_eq!(lines[0], "True True []", "{result:#?}");
+    }
+    assert_eq!(
+        lines[1], "['HOME', 'LANG', 'PATH', 'TMPDIR']",
+        "{result:#?}"
+    );
+    assert_eq!(lines[2], "True");
+    assert_eq!(lines[3], "/usr/local/bin:/usr/bin:/bin");
+}
+
+#[test]
+fn program_cannot_write_outside_its_work_dir_when_root_drops() {
+    if !nix_is_root() {
+        return; // Only a root runner changes the program's uid.
+    }
+    let result = job(
+        "bash",
+        "touch /etc/warmpod-should-not-exist 2>/dev/null && echo wrote || echo refused",
+    )
+    .run();
+    assert_status(&result, Status::Accepted);
+    assert_eq!(result.stdout, "refused\n");
+}
+
+#[test]
+fn open_files_are_limited() {
+    let code = "import os\nfds = []\ntry:\n    while True: fds.append(os.open('/dev/null', os.O_RDONLY))\nexcept OSError as e:\n    print(len(fds) < 300, e.errno)";
+    let result = job("python", code).run();
+    assert_status(&result, Status::Accepted);
+    assert_eq!(result.stdout, "True 24\n");
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().nth(1).map(|e| e == "0"))
+        .unwrap_or(false)
+}
