@@ -69,7 +69,15 @@ impl Identity {
     /// See [`IdentityError`].
     pub fn acquire(pinned: Option<u32>, lock_dir: &Path) -> Result<Self, IdentityError> {
         let euid = nix::unistd::geteuid().as_raw();
-        if euid != 0 {
+        let range_mapped = [UID_RANGE.start(), UID_RANGE.end()]
+            .into_iter()
+            .chain(pinned.as_ref())
+            .all(|id| {
+                id_is_mapped("/proc/self/uid_map", *id) && id_is_mapped("/proc/self/gid_map", *id)
+            });
+        if euid != 0 || !range_mapped {
+            // Not root, or root of a user namespace (e.g. a sandbox) where
+            // the program uids do not exist: run programs as ourselves.
             return Ok(Self::Inherited { uid: euid });
         }
         if pinned == Some(0) {
@@ -141,6 +149,24 @@ impl Identity {
             Self::Inherited { uid } => count_tasks_of(*uid),
         }
     }
+}
+
+/// Whether id `id` exists in this user namespace according to `map_file`
+/// (`/proc/self/uid_map` format: `inside outside count` lines).
+fn id_is_mapped(map_file: &str, id: u32) -> bool {
+    fs::read_to_string(map_file).is_ok_and(|map| map_covers(&map, id))
+}
+
+fn map_covers(map: &str, id: u32) -> bool {
+    map.lines().any(|line| {
+        let mut f = line.split_whitespace().map(|v| v.parse::<u64>());
+        match (f.next(), f.next(), f.next()) {
+            (Some(Ok(inside)), Some(Ok(_)), Some(Ok(count))) => {
+                (inside..inside.saturating_add(count)).contains(&u64::from(id))
+            }
+            _ => false,
+        }
+    })
 }
 
 fn count_tasks_of(uid: u32) -> u64 {
@@ -222,6 +248,16 @@ mod tests {
         drop(a);
         let c = Identity::acquire(Some(uid), dir.path()).unwrap();
         assert_eq!(c.switch_to(), Some((uid, uid)));
+    }
+
+    #[test]
+    fn id_maps_are_read() {
+        let host = "         0          0 4294967295\n";
+        assert!(map_covers(host, 61_000));
+        let sandbox = "         0       1000          1\n";
+        assert!(map_covers(sandbox, 0));
+        assert!(!map_covers(sandbox, 61_000));
+        assert!(!map_covers("", 0));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -77,11 +78,61 @@ impl TestJob {
     /// Runs the job, checks the result is for this job and that nothing of
     /// it is left behind.
     pub fn run(&self) -> JobResult {
-        let result = run_line(&self.value.to_string());
+        self.check(run_line(&self.value.to_string()))
+    }
+
+    /// Like [`run`](Self::run), with the runner itself unprivileged (as it
+    /// runs in a bubblewrap sandbox or a non-root pod): as a fresh uid when
+    /// the tests run as root, else as the tests' own uid.
+    pub fn run_unprivileged(&self) -> JobResult {
+        let (status, stdout) = run_unprivileged_raw(&self.value.to_string());
+        assert!(status.success(), "runner exited with {status}");
+        self.check(parse_single_line(&stdout))
+    }
+
+    fn check(&self, result: JobResult) -> JobResult {
         assert_eq!(result.id, self.id, "result for another job: {result:?}");
         assert_nothing_left(self.id);
         result
     }
+}
+
+/// A uid for an unprivileged runner, outside the runner's own range.
+fn unprivileged_uid() -> u32 {
+    63_000 + std::process::id() % 1000
+}
+
+fn run_unprivileged_raw(input: &str) -> (std::process::ExitStatus, String) {
+    if !is_root() {
+        return run_raw(&[], input);
+    }
+    // Outside the build tree, which that uid may not be able to reach.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let runner = dir.path().join("warmpod-runner");
+    fs::copy(RUNNER, &runner).expect("runner copied");
+    let open = |p: &std::path::Path| fs::set_permissions(p, fs::Permissions::from_mode(0o755));
+    open(dir.path()).expect("dir opened");
+    open(&runner).expect("runner executable");
+    let uid = unprivileged_uid().to_string();
+    let args = [
+        "--reuid",
+        &uid,
+        "--regid",
+        &uid,
+        "--clear-groups",
+        runner.to_str().expect("UTF-8 path"),
+    ];
+    run_program("/usr/bin/setpriv", &args, input)
+}
+
+/// Whether the tests run as root.
+pub fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().nth(1).map(|e| e == "0"))
+        .unwrap_or(false)
 }
 
 /// Feeds `line` + `\n` to a fresh runner WITHOUT closing its stdin (the
@@ -96,7 +147,11 @@ pub fn run_line(line: &str) -> JobResult {
 /// Runs the binary with `args` and `input` on stdin (kept open until it
 /// exits); returns its exit status and stdout.
 pub fn run_raw(args: &[&str], input: &str) -> (std::process::ExitStatus, String) {
-    let mut child = Command::new(RUNNER)
+    run_program(RUNNER, args, input)
+}
+
+fn run_program(program: &str, args: &[&str], input: &str) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

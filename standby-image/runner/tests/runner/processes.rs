@@ -4,7 +4,7 @@
 use serde_json::json;
 use warmpod_protocol::Status;
 
-use crate::helpers::{assert_status, is_marked, job};
+use crate::helpers::{assert_status, is_marked, is_root, job};
 
 #[test]
 fn fork_bomb_is_contained() {
@@ -29,22 +29,25 @@ fn c_fork_bomb_is_contained() {
     assert_status(&result, Status::TimeLimitExceeded);
 }
 
+/// A Python program that double-forks a daemon (new session, stdout and
+/// stderr kept open, sleeping), prints its pid and exits.
+const DAEMON: &str = "import os, sys, time\n\
+    r, w = os.pipe()\n\
+    if os.fork() == 0:\n\
+    \x20   os.setsid()\n\
+    \x20   if os.fork() == 0:\n\
+    \x20       os.write(w, str(os.getpid()).encode())\n\
+    \x20       os.close(w)\n\
+    \x20       time.sleep(600)\n\
+    \x20   os._exit(0)\n\
+    os.close(w)\n\
+    print(os.read(r, 32).decode(), flush=True)\n";
+
 #[test]
 fn double_forked_daemon_is_killed() {
     // The daemon keeps stdout and stderr open and sleeps; the runner must
     // not wait for those pipes, and must kill it.
-    let code = "import os, sys, time\n\
-                r, w = os.pipe()\n\
-                if os.fork() == 0:\n\
-                \x20   os.setsid()\n\
-                \x20   if os.fork() == 0:\n\
-                \x20       os.write(w, str(os.getpid()).encode())\n\
-                \x20       os.close(w)\n\
-                \x20       time.sleep(600)\n\
-                \x20   os._exit(0)\n\
-                os.close(w)\n\
-                print(os.read(r, 32).decode(), flush=True)\n";
-    let test_job = job("python", code).limits(json!({ "wall_time_ms": 5000 }));
+    let test_job = job("python", DAEMON).limits(json!({ "wall_time_ms": 5000 }));
     let result = test_job.run();
     assert_status(&result, Status::Accepted);
     let daemon: i32 = result.stdout.trim().parse().expect("daemon pid printed");
@@ -84,7 +87,7 @@ fn program_runs_unprivileged_with_a_clean_environment() {
     let result = job("python", code).run();
     assert_status(&result, Status::Accepted);
     let lines: Vec<&str> = result.stdout.lines().collect();
-    let root = nix_is_root();
+    let root = is_root();
     if root {
         assert_eq!(lines[0], "True True []", "{result:#?}");
     }
@@ -98,7 +101,7 @@ fn program_runs_unprivileged_with_a_clean_environment() {
 
 #[test]
 fn program_cannot_write_outside_its_work_dir_when_root_drops() {
-    if !nix_is_root() {
+    if !is_root() {
         return; // Only a root runner changes the program's uid.
     }
     let result = job(
@@ -118,11 +121,44 @@ fn open_files_are_limited() {
     assert_eq!(result.stdout, "True 24\n");
 }
 
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|v| v.split_whitespace().nth(1).map(|e| e == "0"))
-        .unwrap_or(false)
+mod unprivileged_runner {
+    //! The runner as it runs in a sandbox or a non-root pod: programs run
+    //! as its own uid, `RLIMIT_NPROC` counts what that uid runs already,
+    //! and descendants are found through the subreaper alone.
+
+    use serde_json::json;
+    use warmpod_protocol::Status;
+
+    use crate::helpers::{assert_status, is_marked, job};
+
+    #[test]
+    fn hello_world() {
+        let result = job("python", "import os\nprint('hi', os.getuid() != 0)").run_unprivileged();
+        assert_status(&result, Status::Accepted);
+        assert_eq!(result.stdout, "hi True\n");
+    }
+
+    #[test]
+    fn fork_bomb_is_contained() {
+        let result = job("bash", ":(){ :|:& };:\nexec sleep 600")
+            .limits(json!({ "max_processes": 16, "wall_time_ms": 2000 }))
+            .run_unprivileged();
+        assert_status(&result, Status::TimeLimitExceeded);
+        assert!(
+            result.stderr.contains("Resource temporarily unavailable"),
+            "the bomb reached max_processes: {result:#?}"
+        );
+    }
+
+    #[test]
+    fn double_forked_daemon_is_killed() {
+        let test_job = job("python", super::DAEMON).limits(json!({ "wall_time_ms": 5000 }));
+        let result = test_job.run_unprivileged();
+        assert_status(&result, Status::Accepted);
+        let daemon: i32 = result.stdout.trim().parse().expect("daemon pid printed");
+        assert!(
+            !is_marked(daemon, &test_job.id.to_string()),
+            "daemon {daemon} alive"
+        );
+    }
 }
