@@ -47,8 +47,8 @@ pub fn kill_everything(pgid: Option<i32>, dedicated_uid: Option<u32>) {
     if let Some(uid) = dedicated_uid {
         let _ = sys::kill_all_owned_by(uid);
     }
-    for pid in descendants(std::process::id() as i32) {
-        let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+    for p in descendants(std::process::id() as i32) {
+        let _ = signal::kill(Pid::from_raw(p.pid), Signal::SIGKILL);
     }
 }
 
@@ -95,20 +95,30 @@ fn timeval_ms(tv: libc::timeval) -> u64 {
     tv.tv_sec.max(0) as u64 * 1000 + tv.tv_usec.max(0) as u64 / 1000
 }
 
+/// One line of `/proc/<pid>/stat`, the fields the runner needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    /// The process id.
+    pub pid: i32,
+    /// Its parent.
+    pub ppid: i32,
+    /// utime + stime + cutime + cstime, in clock ticks.
+    pub cpu_ticks: u64,
+}
+
 /// Every live process whose parent chain leads to `root`.
-pub fn descendants(root: i32) -> Vec<i32> {
-    let parents: HashMap<i32, i32> = process_parents().into_iter().collect();
-    let parent_of = |pid: i32| parents.get(&pid).copied();
-    parents
-        .keys()
-        .copied()
-        .filter(|&pid| {
-            let mut cur = pid;
+pub fn descendants(root: i32) -> Vec<ProcStat> {
+    let table = process_table();
+    let parent_of: HashMap<i32, i32> = table.iter().map(|p| (p.pid, p.ppid)).collect();
+    table
+        .into_iter()
+        .filter(|p| {
+            let mut cur = p.pid;
             // Bounded walk: a pid chain cannot be longer than the table.
-            for _ in 0..=parents.len() {
-                match parent_of(cur) {
-                    Some(pp) if pp == root => return true,
-                    Some(pp) if pp > 1 => cur = pp,
+            for _ in 0..=parent_of.len() {
+                match parent_of.get(&cur) {
+                    Some(&pp) if pp == root => return true,
+                    Some(&pp) if pp > 1 => cur = pp,
                     _ => return false,
                 }
             }
@@ -117,26 +127,44 @@ pub fn descendants(root: i32) -> Vec<i32> {
         .collect()
 }
 
-/// `(pid, ppid)` of every process in `/proc`.
-fn process_parents() -> Vec<(i32, i32)> {
+/// CPU time of every descendant of the runner, in clock ticks: each
+/// process's own time plus that of the children it reaped, so every
+/// process, dead or alive, counts once.
+pub fn descendants_cpu_ticks() -> u64 {
+    descendants(std::process::id() as i32)
+        .iter()
+        .map(|p| p.cpu_ticks)
+        .sum()
+}
+
+/// Every process in `/proc`.
+fn process_table() -> Vec<ProcStat> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| {
-            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            Some((pid, parse_ppid(&stat)?))
-        })
+        .filter_map(|pid| parse_stat(pid, &fs::read_to_string(format!("/proc/{pid}/stat")).ok()?))
         .collect()
 }
 
-/// The ppid field of a `/proc/<pid>/stat` line (the comm field may hold
-/// spaces and parentheses, so parse after the last `)`).
-pub fn parse_ppid(stat: &str) -> Option<i32> {
+/// Parses a `/proc/<pid>/stat` line (the comm field may hold spaces and
+/// parentheses, so fields are counted after the last `)`).
+pub fn parse_stat(pid: i32, stat: &str) -> Option<ProcStat> {
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the comm: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14).
+    let cpu_ticks = fields
+        .get(11..15)?
+        .iter()
+        .map(|f| f.parse::<i64>().ok().map(|v| v.max(0) as u64))
+        .sum::<Option<u64>>()?;
+    Some(ProcStat {
+        pid,
+        ppid: fields.get(1)?.parse().ok()?,
+        cpu_ticks,
+    })
 }
 
 #[cfg(test)]
@@ -144,10 +172,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ppid_is_parsed_after_a_tricky_comm() {
-        let stat = "1234 (a) b (c)) S 77 1234 1234 0 -1 4194560 0 0";
-        assert_eq!(parse_ppid(stat), Some(77));
-        assert_eq!(parse_ppid("garbage"), None);
+    fn stat_is_parsed_after_a_tricky_comm() {
+        let stat = "42 (py (x)) R 77 42 42 0 -1 0 0 0 0 0 150 50 7 3 20 0 1 0";
+        let expected = ProcStat {
+            pid: 42,
+            ppid: 77,
+            cpu_ticks: 210,
+        };
+        assert_eq!(parse_stat(42, stat), Some(expected));
+        assert_eq!(parse_stat(42, "42 (short) R 1"), None);
+        assert_eq!(parse_stat(42, "garbage"), None);
     }
 
     #[test]
@@ -157,7 +191,10 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
-        let found = descendants(std::process::id() as i32);
+        let found: Vec<i32> = descendants(std::process::id() as i32)
+            .iter()
+            .map(|p| p.pid)
+            .collect();
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(found.contains(&pid), "{found:?} lacks {pid}");

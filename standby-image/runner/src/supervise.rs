@@ -19,8 +19,13 @@ use crate::reaper::{self, ReapedUsage};
 use crate::spawn::Launched;
 use crate::sys;
 
-/// How often the timer checks the wall clock and CPU time.
+/// How often the timer checks the wall clock and the main process's CPU
+/// time.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Every how many polls the CPU time of the whole process tree is summed
+/// (a `/proc` scan, so less often).
+pub const TREE_POLL_EVERY: u32 = 10;
 
 /// How long to wait for a SIGKILLed program to exit, and for the output
 /// readers to finish once every process is gone.
@@ -200,6 +205,7 @@ fn watch_until_end(
     events: &mut Events,
 ) -> Result<Option<Stop>, SuperviseError> {
     let wall_deadline = started + watch.wall;
+    let mut polls = 0u32;
     loop {
         let now = Instant::now();
         if now >= wall_deadline {
@@ -214,7 +220,13 @@ fn watch_until_end(
             Ok(Event::Overflow) => return Ok(Some(Stop::Output)),
             Ok(Event::ReaderDone) => events.readers_done += 1,
             Err(RecvTimeoutError::Timeout) => {
-                if cpu_time_ms(pid).is_some_and(|ms| ms >= watch.cpu_ms) {
+                polls = polls.wrapping_add(1);
+                let cpu_ms = if polls % TREE_POLL_EVERY == 0 {
+                    Some(ticks_to_ms(reaper::descendants_cpu_ticks()))
+                } else {
+                    cpu_time_ms(pid)
+                };
+                if cpu_ms.is_some_and(|ms| ms >= watch.cpu_ms) {
                     return Ok(Some(Stop::CpuTime));
                 }
             }
@@ -284,20 +296,11 @@ pub fn decode_status(status: i32) -> Exit {
 /// CPU time of `pid` and its reaped children from `/proc/<pid>/stat`, in ms.
 fn cpu_time_ms(pid: i32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let ticks = stat_cpu_ticks(&stat)?;
-    Some(ticks * 1000 / clock_ticks_per_second())
+    Some(ticks_to_ms(reaper::parse_stat(pid, &stat)?.cpu_ticks))
 }
 
-/// utime + stime + cutime + cstime of a `/proc/<pid>/stat` line.
-pub fn stat_cpu_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the comm: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14).
-    fields
-        .get(11..15)?
-        .iter()
-        .map(|f| f.parse::<i64>().ok().map(|v| v.max(0) as u64))
-        .sum()
+fn ticks_to_ms(ticks: u64) -> u64 {
+    ticks * 1000 / clock_ticks_per_second()
 }
 
 fn clock_ticks_per_second() -> u64 {
@@ -310,13 +313,6 @@ fn clock_ticks_per_second() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpu_ticks_sum_user_system_and_children() {
-        let stat = "42 (py (x)) R 1 42 42 0 -1 0 0 0 0 0 150 50 7 3 20 0 1 0";
-        assert_eq!(stat_cpu_ticks(stat), Some(210));
-        assert_eq!(stat_cpu_ticks("42 (short) R 1"), None);
-    }
 
     #[test]
     fn wait_statuses_decode() {

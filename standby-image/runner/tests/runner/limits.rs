@@ -94,6 +94,16 @@ fn cpu_loop_exceeds_the_time_limit() {
 }
 
 #[test]
+fn cpu_time_of_child_processes_counts() {
+    let burn = "python3 -c 'while True: pass'";
+    let result = job("bash", &format!("{burn} &\n{burn} &\nwait"))
+        .limits(json!({ "cpu_time_ms": 1000, "wall_time_ms": 20000 }))
+        .run();
+    assert_status(&result, Status::TimeLimitExceeded);
+    assert!(result.cpu_time_ms >= 1000, "{result:#?}");
+}
+
+#[test]
 fn sleeping_past_the_wall_limit_is_killed() {
     let result = job("bash", "echo started\nsleep 600\necho never")
         .limits(json!({ "wall_time_ms": 500 }))
