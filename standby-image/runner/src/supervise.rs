@@ -221,7 +221,7 @@ fn watch_until_end(
             Ok(Event::ReaderDone) => events.readers_done += 1,
             Err(RecvTimeoutError::Timeout) => {
                 polls = polls.wrapping_add(1);
-                let cpu_ms = if polls % TREE_POLL_EVERY == 0 {
+                let cpu_ms = if polls.is_multiple_of(TREE_POLL_EVERY) {
                     Some(ticks_to_ms(reaper::descendants_cpu_ticks()))
                 } else {
                     cpu_time_ms(pid)
