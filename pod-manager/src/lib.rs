@@ -2,8 +2,30 @@
 //! warm sandbox.
 //!
 //! # Layout
+//! - [`config`]: the typed [`Config`](config::Config), read once from the
+//!   environment.
+//! - [`telemetry`]: tracing subscriber set-up (text or JSON).
+//! - [`metrics`]: Prometheus metrics as a struct, and the `/metrics` server.
+//! - [`queue`]: broker connection, topology, the confirming event publisher.
+//! - [`consumer`]: per-job handling and the one `error_policy`.
 //! - [`pool`]: the [`WarmPool`](pool::WarmPool) trait and its backends
 //!   (`pool/local.rs`: bubblewrap sandboxes; `pool/kube.rs`: standby pods).
-#![forbid(unsafe_code)]
+//! - [`cgroup`]: per-sandbox cgroups (v1 and v2) for the local backend.
+//! - [`startup`]: [`Application::build`](startup::Application::build) and
+//!   `run_until_stopped`.
+//! - `spawn`: the one module with `unsafe` code (joining a cgroup and
+//!   dropping privileges between fork and exec).
+#![deny(unsafe_code)]
 
+pub mod cgroup;
+pub mod config;
+pub mod consumer;
+pub mod metrics;
 pub mod pool;
+pub mod queue;
+mod spawn;
+pub mod startup;
+pub mod telemetry;
+
+pub use config::Config;
+pub use startup::Application;

@@ -5,7 +5,9 @@
 //! refills in the background, never on a job's critical path. Backends:
 //! `local` (bubblewrap, the embedded default) and `kube` (standby pods).
 
-pub mod kube;
+pub mod local;
+
+pub use local::{LocalPool, LocalSandbox};
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -1,0 +1,428 @@
+//! Typed configuration, read once from the environment at start-up.
+//!
+//! Every variable is documented in `docs/operations.md` ("pod-manager
+//! configuration"). [`Config::from_env`] reads the process environment;
+//! [`Config::from_lookup`] takes any lookup function, so tests build a
+//! config without touching the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use warmpod_protocol::queue::{
+    DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, JOBS_QUEUE, JOBS_QUEUE_MAX_LENGTH,
+};
+
+/// Default `AMQP_URL`.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// Default `WARMPOD_POOL_SIZE`: ready sandboxes kept.
+pub const DEFAULT_POOL_SIZE: usize = 4;
+/// Default `WARMPOD_MAX_ATTEMPTS`: deliveries of one job before it is given up.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Default `WARMPOD_JOB_GRACE_MS`: added to a job's wall limits before the
+/// sandbox is considered hung.
+pub const DEFAULT_JOB_GRACE_MS: u64 = 5_000;
+/// Default `WARMPOD_METRICS_ADDR`.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9091";
+/// Default `WARMPOD_SANDBOX_MEMORY_MB`: the cgroup memory limit of one
+/// sandbox. Above the largest job memory limit (2 GiB) plus the runner's and
+/// compilers' own needs, so the runner's precise verdict wins.
+pub const DEFAULT_SANDBOX_MEMORY_MB: u64 = 3_072;
+/// Default `WARMPOD_SANDBOX_PIDS_MAX`: the cgroup pids limit of one sandbox,
+/// above the largest `max_processes` a job may ask for (512).
+pub const DEFAULT_SANDBOX_PIDS_MAX: u64 = 1_024;
+/// Default `WARMPOD_SANDBOX_TMP_MB`: size of a sandbox's private `/tmp`.
+pub const DEFAULT_SANDBOX_TMP_MB: u64 = 512;
+/// Default `WARMPOD_SANDBOX_UID_BASE`: sandbox `i` runs as uid/gid base + i
+/// when the pod-manager is root.
+pub const DEFAULT_SANDBOX_UID_BASE: u32 = 62_000;
+/// Default `WARMPOD_VERSIONS_INTERVAL_S`.
+pub const DEFAULT_VERSIONS_INTERVAL_S: u64 = 60;
+/// Default `WARMPOD_BWRAP`.
+pub const DEFAULT_BWRAP: &str = "/usr/bin/bwrap";
+
+/// Exit code for bad configuration (`EX_USAGE`).
+pub const EXIT_BAD_CONFIG: i32 = 64;
+
+/// A configuration value that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {reason} (got {value:?})")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub var: &'static str,
+    /// What was found.
+    pub value: String,
+    /// Why it is wrong.
+    pub reason: String,
+}
+
+/// Which [`WarmPool`](crate::pool::WarmPool) backend runs jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// bubblewrap sandboxes on this machine (the default).
+    Local,
+    /// Standby pods in a Kubernetes cluster.
+    Kube,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A connection URL whose password never shows in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AmqpUrl(String);
+
+impl AmqpUrl {
+    /// The full URL, password included: only for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with its password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let s = &self.0;
+        match (s.find("://"), s.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let userinfo = &s[scheme + 3..at];
+                match userinfo.find(':') {
+                    Some(colon) => {
+                        format!("{}{}:***{}", &s[..scheme + 3], &userinfo[..colon], &s[at..])
+                    }
+                    None => s.clone(),
+                }
+            }
+            _ => s.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for AmqpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+/// RabbitMQ names, all derived from one optional prefix so that test suites
+/// (and separate deployments on one broker) never share queues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueNames {
+    /// The jobs queue ([`JOBS_QUEUE`]).
+    pub jobs: String,
+    /// The dead-letter exchange ([`DEAD_LETTER_EXCHANGE`]).
+    pub dead_letter_exchange: String,
+    /// The dead-letter queue ([`DEAD_LETTER_QUEUE`]).
+    pub dead_letter_queue: String,
+    /// The events exchange ([`EVENTS_EXCHANGE`]).
+    pub events: String,
+}
+
+impl QueueNames {
+    /// The protocol's names with `prefix` in front (empty: the names as is).
+    pub fn with_prefix(prefix: &str) -> Self {
+        Self {
+            jobs: format!("{prefix}{JOBS_QUEUE}"),
+            dead_letter_exchange: format!("{prefix}{DEAD_LETTER_EXCHANGE}"),
+            dead_letter_queue: format!("{prefix}{DEAD_LETTER_QUEUE}"),
+            events: format!("{prefix}{EVENTS_EXCHANGE}"),
+        }
+    }
+}
+
+/// Settings of the local (bubblewrap) backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalConfig {
+    /// Ready sandboxes kept (`WARMPOD_POOL_SIZE`).
+    pub pool_size: usize,
+    /// The `warmpod-runner` binary on the host (`WARMPOD_RUNNER_PATH`).
+    pub runner_path: PathBuf,
+    /// The `bwrap` binary (`WARMPOD_BWRAP`).
+    pub bwrap_path: PathBuf,
+    /// cgroup memory limit per sandbox, MiB (`WARMPOD_SANDBOX_MEMORY_MB`).
+    pub memory_mb: u64,
+    /// cgroup pids limit per sandbox (`WARMPOD_SANDBOX_PIDS_MAX`).
+    pub pids_max: u64,
+    /// Size of the private `/tmp`, MiB (`WARMPOD_SANDBOX_TMP_MB`).
+    pub tmp_mb: u64,
+    /// First sandbox uid/gid when running as root (`WARMPOD_SANDBOX_UID_BASE`).
+    pub uid_base: u32,
+    /// Whether to use cgroups at all (`WARMPOD_CGROUPS`, `auto` or `off`).
+    pub cgroups: bool,
+    /// Added to a job's wall limits before a silent sandbox is given up
+    /// (`WARMPOD_JOB_GRACE_MS`).
+    pub job_grace: Duration,
+}
+
+/// The whole pod-manager configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Broker URL (`AMQP_URL`).
+    pub amqp_url: AmqpUrl,
+    /// Queue and exchange names (`WARMPOD_QUEUE_PREFIX`).
+    pub queues: QueueNames,
+    /// `x-max-length` of the jobs queue (`WARMPOD_QUEUE_MAX_LENGTH`); must
+    /// equal the api-server's.
+    pub queue_max_length: i64,
+    /// Deliveries of one job before it is answered `internal_error` and
+    /// dead-lettered (`WARMPOD_MAX_ATTEMPTS`).
+    pub max_attempts: u32,
+    /// Which pool backend (`WARMPOD_BACKEND`).
+    pub backend: Backend,
+    /// The local backend's settings (also read when `backend` is `kube`,
+    /// for the shared pool size).
+    pub local: LocalConfig,
+    /// Where `/metrics` and `/health` are served (`WARMPOD_METRICS_ADDR`;
+    /// port 0 picks a free one).
+    pub metrics_addr: SocketAddr,
+    /// Log format (`WARMPOD_LOG_FORMAT`).
+    pub log_format: LogFormat,
+    /// Name of the broker connection, shown in the management UI
+    /// (`WARMPOD_CONNECTION_NAME`).
+    pub connection_name: String,
+    /// How often runtime versions are announced (`WARMPOD_VERSIONS_INTERVAL_S`).
+    pub versions_interval: Duration,
+}
+
+impl Config {
+    /// Reads the process environment.
+    ///
+    /// # Errors
+    /// The first variable that is set to something unusable.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads variables through `get` (`None`: unset).
+    ///
+    /// # Errors
+    /// The first variable that is set to something unusable.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        let backend = match get("WARMPOD_BACKEND").as_deref().map(str::trim) {
+            None | Some("local") => Backend::Local,
+            Some("kube") => Backend::Kube,
+            Some(other) => return Err(bad("WARMPOD_BACKEND", other, "expected local or kube")),
+        };
+        let log_format = match get("WARMPOD_LOG_FORMAT").as_deref().map(str::trim) {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => return Err(bad("WARMPOD_LOG_FORMAT", other, "expected text or json")),
+        };
+        let cgroups = match get("WARMPOD_CGROUPS").as_deref().map(str::trim) {
+            None | Some("auto") => true,
+            Some("off") => false,
+            Some(other) => return Err(bad("WARMPOD_CGROUPS", other, "expected auto or off")),
+        };
+        let amqp_url = get("AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.to_string());
+        if !amqp_url.starts_with("amqp://") && !amqp_url.starts_with("amqps://") {
+            return Err(bad(
+                "AMQP_URL",
+                "(hidden)",
+                "expected an amqp:// or amqps:// URL",
+            ));
+        }
+        let prefix = get("WARMPOD_QUEUE_PREFIX").unwrap_or_default();
+        let pool_size: usize = parse(&get, "WARMPOD_POOL_SIZE", DEFAULT_POOL_SIZE)?;
+        if !(1..=256).contains(&pool_size) {
+            return Err(bad(
+                "WARMPOD_POOL_SIZE",
+                &pool_size.to_string(),
+                "expected 1 to 256",
+            ));
+        }
+        let max_attempts: u32 = parse(&get, "WARMPOD_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS)?;
+        if max_attempts == 0 {
+            return Err(bad("WARMPOD_MAX_ATTEMPTS", "0", "expected at least 1"));
+        }
+        let queue_max_length: i64 = parse(&get, "WARMPOD_QUEUE_MAX_LENGTH", JOBS_QUEUE_MAX_LENGTH)?;
+        if queue_max_length < 1 {
+            return Err(bad(
+                "WARMPOD_QUEUE_MAX_LENGTH",
+                &queue_max_length.to_string(),
+                "expected at least 1",
+            ));
+        }
+        let runner_path = match get("WARMPOD_RUNNER_PATH") {
+            Some(p) => PathBuf::from(p),
+            None => default_runner_path(),
+        };
+        let local = LocalConfig {
+            pool_size,
+            runner_path,
+            bwrap_path: get("WARMPOD_BWRAP")
+                .unwrap_or_else(|| DEFAULT_BWRAP.into())
+                .into(),
+            memory_mb: positive(&get, "WARMPOD_SANDBOX_MEMORY_MB", DEFAULT_SANDBOX_MEMORY_MB)?,
+            pids_max: positive(&get, "WARMPOD_SANDBOX_PIDS_MAX", DEFAULT_SANDBOX_PIDS_MAX)?,
+            tmp_mb: positive(&get, "WARMPOD_SANDBOX_TMP_MB", DEFAULT_SANDBOX_TMP_MB)?,
+            uid_base: parse(&get, "WARMPOD_SANDBOX_UID_BASE", DEFAULT_SANDBOX_UID_BASE)?,
+            cgroups,
+            job_grace: Duration::from_millis(parse(
+                &get,
+                "WARMPOD_JOB_GRACE_MS",
+                DEFAULT_JOB_GRACE_MS,
+            )?),
+        };
+        if local.uid_base < 1000 || local.uid_base.checked_add(2 * 256 + 1).is_none() {
+            return Err(bad(
+                "WARMPOD_SANDBOX_UID_BASE",
+                &local.uid_base.to_string(),
+                "expected an unused uid range starting at 1000 or above",
+            ));
+        }
+        let metrics_raw =
+            get("WARMPOD_METRICS_ADDR").unwrap_or_else(|| DEFAULT_METRICS_ADDR.into());
+        let metrics_addr = metrics_raw.trim().parse().map_err(|_| {
+            bad(
+                "WARMPOD_METRICS_ADDR",
+                &metrics_raw,
+                "expected host:port, e.g. 127.0.0.1:9091",
+            )
+        })?;
+        let connection_name = get("WARMPOD_CONNECTION_NAME")
+            .unwrap_or_else(|| format!("pod-manager-{}", std::process::id()));
+        let versions_interval = Duration::from_secs(positive(
+            &get,
+            "WARMPOD_VERSIONS_INTERVAL_S",
+            DEFAULT_VERSIONS_INTERVAL_S,
+        )?);
+        Ok(Self {
+            amqp_url: AmqpUrl(amqp_url),
+            queues: QueueNames::with_prefix(&prefix),
+            queue_max_length,
+            max_attempts,
+            backend,
+            local,
+            metrics_addr,
+            log_format,
+            connection_name,
+            versions_interval,
+        })
+    }
+
+    /// Jobs taken from the queue at once: the pool's capacity.
+    pub fn prefetch(&self) -> u16 {
+        u16::try_from(self.local.pool_size).unwrap_or(u16::MAX)
+    }
+}
+
+/// `warmpod-runner` next to the running executable (where cargo puts both);
+/// for a test binary in `target/<profile>/deps/`, the one in
+/// `target/<profile>/`.
+pub fn default_runner_path() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    let beside = dir.join("warmpod-runner");
+    if beside.exists() || dir.file_name().is_none_or(|n| n != "deps") {
+        return beside;
+    }
+    dir.parent().unwrap_or(&dir).join("warmpod-runner")
+}
+
+fn bad(var: &'static str, value: &str, reason: &str) -> ConfigError {
+    ConfigError {
+        var,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn parse<T: std::str::FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: T,
+) -> Result<T, ConfigError> {
+    match get(var) {
+        None => Ok(default),
+        Some(raw) => raw
+            .trim()
+            .parse()
+            .map_err(|_| bad(var, &raw, "expected a non-negative whole number")),
+    }
+}
+
+fn positive(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    match parse(get, var, default)? {
+        0 => Err(bad(var, "0", "expected a number greater than 0")),
+        n => Ok(n),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_work_out_of_the_box() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.backend, Backend::Local);
+        assert_eq!(c.local.pool_size, DEFAULT_POOL_SIZE);
+        assert_eq!(c.prefetch(), DEFAULT_POOL_SIZE as u16);
+        assert_eq!(c.queues.jobs, JOBS_QUEUE);
+        assert_eq!(c.queue_max_length, JOBS_QUEUE_MAX_LENGTH);
+        assert_eq!(c.metrics_addr.to_string(), DEFAULT_METRICS_ADDR);
+        assert_eq!(c.amqp_url.expose(), DEFAULT_AMQP_URL);
+        assert!(c.local.cgroups);
+    }
+
+    #[test]
+    fn prefix_applies_to_every_name() {
+        let c = config(&[("WARMPOD_QUEUE_PREFIX", "t1.")]).unwrap();
+        assert_eq!(c.queues.jobs, "t1.warmpod.jobs");
+        assert_eq!(c.queues.dead_letter_exchange, "t1.warmpod.dlx");
+        assert_eq!(c.queues.dead_letter_queue, "t1.warmpod.jobs.dead");
+        assert_eq!(c.queues.events, "t1.warmpod.events");
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let cases = [
+            ("WARMPOD_BACKEND", "docker"),
+            ("WARMPOD_POOL_SIZE", "0"),
+            ("WARMPOD_POOL_SIZE", "many"),
+            ("WARMPOD_MAX_ATTEMPTS", "0"),
+            ("WARMPOD_METRICS_ADDR", "nowhere"),
+            ("WARMPOD_LOG_FORMAT", "xml"),
+            ("WARMPOD_SANDBOX_MEMORY_MB", "0"),
+            ("WARMPOD_SANDBOX_UID_BASE", "0"),
+            ("WARMPOD_CGROUPS", "yes"),
+            ("AMQP_URL", "http://x"),
+        ];
+        for (var, value) in cases {
+            let err = config(&[(var, value)]).unwrap_err();
+            assert_eq!(err.var, var, "{var}={value} should be refused");
+        }
+    }
+
+    #[test]
+    fn kube_backend_is_selectable() {
+        let c = config(&[("WARMPOD_BACKEND", "kube")]).unwrap();
+        assert_eq!(c.backend, Backend::Kube);
+    }
+
+    #[test]
+    fn password_is_hidden_from_debug() {
+        let c = config(&[("AMQP_URL", "amqp://user:s3cret@host:5672/%2f")]).unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("amqp://user:***@host:5672/%2f"), "{shown}");
+    }
+}
