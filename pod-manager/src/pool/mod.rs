@@ -5,6 +5,7 @@
 //! refills in the background, never on a job's critical path. Backends:
 //! `local` (bubblewrap, the embedded default) and `kube` (standby pods).
 
+pub mod kube;
 pub mod local;
 
 pub use local::{LocalPool, LocalSandbox};
