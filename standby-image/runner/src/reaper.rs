@@ -38,17 +38,23 @@ pub struct ReapedUsage {
     pub max_rss_kb: u64,
 }
 
-/// SIGKILLs the process group `pgid`, everything `dedicated_uid` owns, and
-/// every descendant of the runner.
-pub fn kill_everything(pgid: Option<i32>, dedicated_uid: Option<u32>) {
+/// SIGKILLs the process group `pgid`, everything `dedicated_uid` owns, and,
+/// with `scan`, every descendant of the runner found in `/proc`.
+///
+/// Without `scan`, descendants outside the group are left to [`reap_all`],
+/// which finds them as the runner's own children once their parents are
+/// gone (that is what the subreaper is for) and only then scans `/proc`.
+pub fn kill_everything(pgid: Option<i32>, dedicated_uid: Option<u32>, scan: bool) {
     if let Some(pgid) = pgid {
         let _ = signal::killpg(Pid::from_raw(pgid), Signal::SIGKILL);
     }
     if let Some(uid) = dedicated_uid {
         let _ = sys::kill_all_owned_by(uid);
     }
-    for p in descendants(std::process::id() as i32) {
-        let _ = signal::kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+    if scan {
+        for p in descendants(std::process::id() as i32) {
+            let _ = signal::kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+        }
     }
 }
 
@@ -69,7 +75,7 @@ pub fn reap_all(dedicated_uid: Option<u32>) -> io::Result<ReapedUsage> {
                         "descendants still alive after SIGKILL",
                     ));
                 }
-                kill_everything(None, dedicated_uid);
+                kill_everything(None, dedicated_uid, true);
                 // Give the killed processes a moment to become zombies.
                 std::thread::sleep(Duration::from_millis(1));
             }

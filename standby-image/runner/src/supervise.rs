@@ -136,7 +136,10 @@ pub fn supervise(
 
     let mut events = Events::default();
     let stop = watch_until_end(pid, started, watch, &rx, &mut events)?;
-    reaper::kill_everything(Some(pid), watch.dedicated_uid);
+    // Still unreaped, the program's pid holds its process group id, so the
+    // group cannot be a stranger's. A program that ended on its own needs
+    // no /proc scan: whatever it left is now our child (see `reaper`).
+    reaper::kill_everything(Some(pid), watch.dedicated_uid, stop.is_some());
     let exited_at = match events.exited_at {
         Some(t) => t,
         None => events.wait_exit(&rx)?,
