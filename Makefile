@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/%2f
 
-.PHONY: help deps build test lint fmt rabbitmq clean
+.PHONY: help deps build test lint fmt rabbitmq clean run
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -13,6 +13,9 @@ deps: ## install system packages a fresh Debian needs (build tools, runtimes, bu
 
 rabbitmq: ## make sure RabbitMQ answers on $$AMQP_URL (starts or installs it)
 	scripts/ensure-rabbitmq.sh
+
+run: ## start RabbitMQ, pod-manager (local backend) and api-server in the foreground; Ctrl-C stops both
+	scripts/run.sh
 
 build: ## build every crate (debug)
 	$(CARGO) build --workspace --all-targets
