@@ -73,8 +73,16 @@ impl Launcher for ForkExec {
             .env("HOME", spec.dir)
             .env("TMPDIR", spec.dir)
             .env("LANG", "C.UTF-8")
-            .current_dir(spec.dir)
-            .stdin(Stdio::piped());
+            .current_dir(spec.dir);
+        // The feeder thread exists before the program does: if it cannot
+        // be started, no program is left running unsupervised.
+        if spec.stdin.is_empty() {
+            cmd.stdin(Stdio::null());
+        } else {
+            let (read, write) = pipe()?;
+            feed(File::from(write), spec.stdin.to_vec())?;
+            cmd.stdin(Stdio::from(read));
+        }
         let (out_read, out_write) = pipe()?;
         let mut err_read = None;
         if spec.merge_output {
@@ -92,13 +100,11 @@ impl Launcher for ForkExec {
                 ids: spec.ids,
             },
         );
-        let mut child = cmd.spawn()?;
-        // `cmd` holds our copies of the write ends: drop it so the readers
-        // see EOF once the program's side is closed.
+        let child = cmd.spawn()?;
+        // `cmd` holds our copies of the program's pipe ends: drop it so the
+        // readers see EOF once the program's side is closed, and the feeder
+        // EPIPE once the program is gone.
         drop(cmd);
-        if let Some(stdin) = child.stdin.take() {
-            feed(stdin, spec.stdin.to_vec());
-        }
         Ok(Launched {
             pid: i32::try_from(child.id()).map_err(io::Error::other)?,
             stdout: File::from(out_read),
@@ -111,13 +117,14 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
 }
 
-/// Writes `bytes` to the program's stdin from a thread, then closes it. A
-/// program that never reads just makes the write fail once it is dead.
-fn feed(mut stdin: std::process::ChildStdin, bytes: Vec<u8>) {
-    if bytes.is_empty() {
-        return; // dropping `stdin` closes it: the program sees EOF
-    }
-    thread::spawn(move || {
-        let _ = stdin.write_all(&bytes);
-    });
+/// Writes `bytes` into the program's stdin pipe from a thread, then closes
+/// it. A program that never reads just makes the write fail once it is
+/// dead (or never started).
+fn feed(mut pipe: File, bytes: Vec<u8>) -> io::Result<()> {
+    thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let _ = pipe.write_all(&bytes);
+        })
+        .map(drop)
 }

@@ -1,19 +1,22 @@
 //! Watching a started program until it ends, and cleaning up after it.
 //!
-//! Threads, no async runtime: one waits for the program's exit (without
-//! reaping it, so its pid and process group id stay reserved), one per
-//! output pipe reads with a byte cap, and the calling thread is the timer:
-//! it wakes every [`POLL_INTERVAL`] to check the wall clock and the
-//! program's CPU time. When the program exits or a limit fires, everything
-//! is killed and reaped *before* the output pipes are drained, so an orphan
-//! holding a pipe open can never make the runner wait.
+//! One thread, no async runtime: the supervisor `poll`s the program's exit
+//! (a pidfd, which does not reap it, so its pid and process group id stay
+//! reserved) and its output pipes together, reading each pipe up to a byte
+//! cap, and wakes every [`POLL_INTERVAL`] to check the wall clock and the
+//! CPU time. When the program exits or a limit fires, everything is killed
+//! and reaped *before* the output pipes are drained, so an orphan holding a
+//! pipe open can never make the runner wait. (Where pidfds are missing, a
+//! helper thread waits for the exit and signals it through a pipe.)
 
 use std::fs::{self, File};
-use std::io::{self, Read};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::reaper::{self, ReapedUsage};
 use crate::spawn::Launched;
@@ -28,15 +31,18 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
 pub const TREE_POLL_EVERY: u32 = 10;
 
 /// How long to wait for a SIGKILLed program to exit, and for the output
-/// readers to finish once every process is gone.
+/// pipes to reach EOF once every process is gone.
 pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Bytes read from a pipe at a time.
+const CHUNK: usize = 64 * 1024;
 
 /// The limits the supervisor enforces itself.
 #[derive(Debug, Clone, Copy)]
 pub struct Watch {
     /// Wall-clock limit, counted from `started`.
     pub wall: Duration,
-    /// CPU limit in milliseconds (the main process and its reaped children).
+    /// CPU limit in milliseconds (the whole process tree).
     pub cpu_ms: u64,
     /// Bytes kept per output stream.
     pub output_cap: usize,
@@ -107,13 +113,6 @@ pub enum SuperviseError {
     Reap(#[source] io::Error),
 }
 
-enum Event {
-    Exited(Instant),
-    WaitFailed(io::Error),
-    Overflow,
-    ReaderDone,
-}
-
 /// Supervises `launched` (started at `started`) under `watch` until it and
 /// every process it created are gone.
 ///
@@ -125,166 +124,256 @@ pub fn supervise(
     watch: &Watch,
 ) -> Result<Outcome, SuperviseError> {
     let pid = launched.pid;
-    let (tx, rx) = mpsc::channel();
-    spawn_waiter(pid, tx.clone());
-    let stdout = spawn_reader(launched.stdout, watch.output_cap, tx.clone());
-    let stderr = launched
-        .stderr
-        .map(|f| spawn_reader(f, watch.output_cap, tx.clone()));
-    let readers = 1 + usize::from(stderr.is_some());
-    drop(tx);
+    let exit = match ExitWatch::new(pid) {
+        Ok(exit) => exit,
+        Err(e) => {
+            // Never leave a program running unsupervised.
+            reaper::kill_everything(Some(pid), watch.dedicated_uid, true);
+            let _ = sys::wait4(pid, false);
+            return Err(SuperviseError::Wait(e));
+        }
+    };
+    let mut streams = vec![Stream::new(launched.stdout, watch.output_cap)];
+    if let Some(stderr) = launched.stderr {
+        streams.push(Stream::new(stderr, watch.output_cap));
+    }
 
-    let mut events = Events::default();
-    let stop = watch_until_end(pid, started, watch, &rx, &mut events)?;
+    let (stop, exited_at) = watch_until_end(pid, started, watch, &exit, &mut streams)?;
     // Still unreaped, the program's pid holds its process group id, so the
     // group cannot be a stranger's. A program that ended on its own needs
     // no /proc scan: whatever it left is now our child (see `reaper`).
     reaper::kill_everything(Some(pid), watch.dedicated_uid, stop.is_some());
-    let exited_at = match events.exited_at {
+    let exited_at = match exited_at {
         Some(t) => t,
-        None => events.wait_exit(&rx)?,
+        None => exit.wait(SETTLE_TIMEOUT)?,
     };
     let main = sys::wait4(pid, false)
         .map_err(SuperviseError::Wait)?
         .ok_or(SuperviseError::Unkillable)?;
     let rest: ReapedUsage = reaper::reap_all(watch.dedicated_uid).map_err(SuperviseError::Reap)?;
-    events.wait_readers(&rx, readers);
+    drain(&mut streams, SETTLE_TIMEOUT);
 
+    let mut streams = streams.into_iter().map(|s| s.captured);
     Ok(Outcome {
         exit: decode_status(main.status),
         stop,
         wall: exited_at.saturating_duration_since(started),
         cpu_ms: reaper::rusage_cpu_ms(&main.rusage) + rest.cpu_ms,
         max_rss_kb: (main.rusage.ru_maxrss.max(0) as u64).max(rest.max_rss_kb),
-        stdout: take(&stdout),
-        stderr: stderr.as_ref().map(take).unwrap_or_default(),
+        stdout: streams.next().unwrap_or_default(),
+        stderr: streams.next().unwrap_or_default(),
     })
 }
 
-#[derive(Default)]
-struct Events {
-    exited_at: Option<Instant>,
-    readers_done: usize,
-}
-
-impl Events {
-    /// Waits for the exit of a program that was just SIGKILLed.
-    fn wait_exit(&mut self, rx: &Receiver<Event>) -> Result<Instant, SuperviseError> {
-        let deadline = Instant::now() + SETTLE_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(Event::Exited(t)) => return Ok(t),
-                Ok(Event::WaitFailed(e)) => return Err(SuperviseError::Wait(e)),
-                Ok(Event::ReaderDone) => self.readers_done += 1,
-                Ok(Event::Overflow) => {}
-                Err(_) => return Err(SuperviseError::Unkillable),
-            }
-        }
-    }
-
-    /// Waits (bounded) for the readers to reach EOF; every writer is dead
-    /// by now, so this only drains what the pipes still hold.
-    fn wait_readers(&mut self, rx: &Receiver<Event>, readers: usize) {
-        let deadline = Instant::now() + SETTLE_TIMEOUT;
-        while self.readers_done < readers {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(Event::ReaderDone) => self.readers_done += 1,
-                Ok(_) => {}
-                Err(_) => return,
-            }
-        }
-    }
-}
-
-/// The timer loop: returns when the program exits (`None`) or a limit
-/// fires (`Some(stop)`).
+/// The poll loop: returns when the program exits (no stop, with the exit
+/// time) or a limit fires (the stop).
 fn watch_until_end(
     pid: i32,
     started: Instant,
     watch: &Watch,
-    rx: &Receiver<Event>,
-    events: &mut Events,
-) -> Result<Option<Stop>, SuperviseError> {
+    exit: &ExitWatch,
+    streams: &mut [Stream],
+) -> Result<(Option<Stop>, Option<Instant>), SuperviseError> {
     let wall_deadline = started + watch.wall;
     let mut polls = 0u32;
     loop {
         let now = Instant::now();
         if now >= wall_deadline {
-            return Ok(Some(Stop::WallTime));
+            return Ok((Some(Stop::WallTime), None));
         }
-        match rx.recv_timeout(POLL_INTERVAL.min(wall_deadline - now)) {
-            Ok(Event::Exited(t)) => {
-                events.exited_at = Some(t);
-                return Ok(None);
+        let ready = poll_ready(exit.fd(), streams, POLL_INTERVAL.min(wall_deadline - now))
+            .map_err(|e| SuperviseError::Wait(e.into()))?;
+        let mut overflow = false;
+        for (stream, readable) in streams.iter_mut().zip(&ready.streams) {
+            if *readable {
+                overflow |= stream.read_once();
             }
-            Ok(Event::WaitFailed(e)) => return Err(SuperviseError::Wait(e)),
-            Ok(Event::Overflow) => return Ok(Some(Stop::Output)),
-            Ok(Event::ReaderDone) => events.readers_done += 1,
-            Err(RecvTimeoutError::Timeout) => {
-                polls = polls.wrapping_add(1);
-                let cpu_ms = if polls.is_multiple_of(TREE_POLL_EVERY) {
-                    Some(ticks_to_ms(reaper::descendants_cpu_ticks()))
-                } else {
-                    cpu_time_ms(pid)
-                };
-                if cpu_ms.is_some_and(|ms| ms >= watch.cpu_ms) {
-                    return Ok(Some(Stop::CpuTime));
-                }
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                return Err(SuperviseError::Wait(io::Error::other(
-                    "waiter thread vanished",
-                )));
+        }
+        if overflow {
+            return Ok((Some(Stop::Output), None));
+        }
+        if ready.exited {
+            return Ok((None, Some(Instant::now())));
+        }
+        if ready.timed_out {
+            polls = polls.wrapping_add(1);
+            let cpu_ms = if polls.is_multiple_of(TREE_POLL_EVERY) {
+                Some(ticks_to_ms(reaper::descendants_cpu_ticks()))
+            } else {
+                cpu_time_ms(pid)
+            };
+            if cpu_ms.is_some_and(|ms| ms >= watch.cpu_ms) {
+                return Ok((Some(Stop::CpuTime), None));
             }
         }
     }
 }
 
-fn spawn_waiter(pid: i32, tx: Sender<Event>) {
-    thread::spawn(move || {
-        let event = match sys::wait_exit_keep_zombie(pid) {
-            Ok(()) => Event::Exited(Instant::now()),
-            Err(e) => Event::WaitFailed(e),
-        };
-        let _ = tx.send(event);
-    });
+/// What one `poll` reported.
+struct Ready {
+    exited: bool,
+    streams: Vec<bool>,
+    timed_out: bool,
 }
 
-type Shared = Arc<Mutex<Captured>>;
+/// Polls `exit` (if any) and the open `streams` for at most `timeout`.
+fn poll_ready(
+    exit: Option<BorrowedFd<'_>>,
+    streams: &[Stream],
+    timeout: Duration,
+) -> nix::Result<Ready> {
+    let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(3);
+    if let Some(fd) = exit {
+        fds.push(PollFd::new(fd, PollFlags::POLLIN));
+    }
+    let open: Vec<usize> = (0..streams.len()).filter(|&i| streams[i].open).collect();
+    fds.extend(
+        open.iter()
+            .map(|&i| PollFd::new(streams[i].file.as_fd(), PollFlags::POLLIN)),
+    );
+    let n = match poll(&mut fds, poll_timeout(timeout)) {
+        Ok(n) => n,
+        Err(Errno::EINTR) => 0,
+        Err(e) => return Err(e),
+    };
+    let fired = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+    let offset = usize::from(exit.is_some());
+    let mut ready = Ready {
+        exited: exit.is_some() && fired(&fds[0]),
+        streams: vec![false; streams.len()],
+        timed_out: n == 0,
+    };
+    for (k, &i) in open.iter().enumerate() {
+        ready.streams[i] = fired(&fds[offset + k]);
+    }
+    Ok(ready)
+}
 
-fn spawn_reader(mut pipe: File, cap: usize, tx: Sender<Event>) -> Shared {
-    let shared = Shared::default();
-    let buf = Arc::clone(&shared);
-    thread::spawn(move || {
-        let mut chunk = vec![0u8; 64 * 1024];
-        let mut told = false;
-        loop {
-            let n = match pipe.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            };
-            let mut c = buf.lock().unwrap_or_else(PoisonError::into_inner);
-            let room = cap.saturating_sub(c.bytes.len());
-            c.bytes.extend_from_slice(&chunk[..n.min(room)]);
-            if n > room {
-                c.truncated = true;
-                if !told {
-                    told = true;
-                    let _ = tx.send(Event::Overflow);
-                }
+/// A poll timeout in whole milliseconds, rounded up so a sub-millisecond
+/// remainder never becomes a busy loop.
+fn poll_timeout(d: Duration) -> PollTimeout {
+    let ms = d.as_micros().div_ceil(1000);
+    PollTimeout::from(u16::try_from(ms).unwrap_or(u16::MAX))
+}
+
+/// Reads what is left in the pipes until EOF, for at most `timeout`
+/// (every writer is dead by now, unless one escaped our process tree).
+fn drain(streams: &mut [Stream], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while streams.iter().any(|s| s.open) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let Ok(ready) = poll_ready(None, streams, left) else {
+            return;
+        };
+        if ready.timed_out {
+            return;
+        }
+        for (stream, readable) in streams.iter_mut().zip(&ready.streams) {
+            if *readable {
+                stream.read_once();
             }
         }
-        let _ = tx.send(Event::ReaderDone);
-    });
-    shared
+    }
 }
 
-fn take(shared: &Shared) -> Captured {
-    std::mem::take(&mut *shared.lock().unwrap_or_else(PoisonError::into_inner))
+/// One output pipe and what was kept of it.
+struct Stream {
+    file: File,
+    cap: usize,
+    open: bool,
+    captured: Captured,
+    chunk: Vec<u8>,
+}
+
+impl Stream {
+    fn new(file: File, cap: usize) -> Self {
+        Self {
+            file,
+            cap,
+            open: true,
+            captured: Captured::default(),
+            chunk: vec![0; CHUNK],
+        }
+    }
+
+    /// One `read` (the pipe was reported readable, so it cannot block);
+    /// returns whether this read passed the cap for the first time.
+    fn read_once(&mut self) -> bool {
+        let n = match self.file.read(&mut self.chunk) {
+            Ok(0) => {
+                self.open = false;
+                return false;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return false,
+            Err(_) => {
+                self.open = false;
+                return false;
+            }
+        };
+        let c = &mut self.captured;
+        let room = self.cap.saturating_sub(c.bytes.len());
+        c.bytes.extend_from_slice(&self.chunk[..n.min(room)]);
+        let first_overflow = n > room && !c.truncated;
+        c.truncated |= n > room;
+        first_overflow
+    }
+}
+
+/// Becomes readable when the program's main process has exited, without
+/// reaping it.
+enum ExitWatch {
+    /// A pidfd (Linux 5.3+).
+    Pidfd(OwnedFd),
+    /// The read end of a pipe a helper thread closes after `waitid`.
+    Thread(File),
+}
+
+impl ExitWatch {
+    fn new(pid: i32) -> io::Result<Self> {
+        match sys::pidfd_open(pid) {
+            Ok(fd) => Ok(Self::Pidfd(fd)),
+            Err(_) => Self::with_thread(pid),
+        }
+    }
+
+    fn with_thread(pid: i32) -> io::Result<Self> {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let mut write = File::from(write);
+        thread::Builder::new()
+            .name("exit-watch".into())
+            .spawn(move || {
+                let _ = sys::wait_exit_keep_zombie(pid);
+                let _ = write.write_all(b"x");
+            })?;
+        Ok(Self::Thread(File::from(read)))
+    }
+
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(match self {
+            Self::Pidfd(fd) => fd.as_fd(),
+            Self::Thread(f) => f.as_fd(),
+        })
+    }
+
+    /// Waits for the exit of a program that was just SIGKILLed.
+    fn wait(&self, timeout: Duration) -> Result<Instant, SuperviseError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(SuperviseError::Unkillable);
+            }
+            let ready =
+                poll_ready(self.fd(), &[], left).map_err(|e| SuperviseError::Wait(e.into()))?;
+            if ready.exited {
+                return Ok(Instant::now());
+            }
+        }
+    }
 }
 
 /// Decodes a raw wait status.
@@ -316,6 +405,67 @@ fn clock_ticks_per_second() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn exit_watch_fires_on_exit(make: fn(i32) -> io::Result<ExitWatch>) {
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "read x"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let watch = make(child.id() as i32).unwrap();
+        let alive = poll_ready(watch.fd(), &[], Duration::from_millis(1)).unwrap();
+        assert!(!alive.exited, "fired while the child runs");
+        drop(child.stdin.take()); // EOF: the child exits
+        watch.wait(Duration::from_secs(30)).unwrap();
+        // `read` at EOF fails: exit code 1, collected only now.
+        assert_eq!(
+            child.wait().unwrap().code(),
+            Some(1),
+            "reapable after the watch"
+        );
+    }
+
+    #[test]
+    fn pidfd_exit_watch() {
+        exit_watch_fires_on_exit(|pid| sys::pidfd_open(pid).map(ExitWatch::Pidfd));
+    }
+
+    #[test]
+    fn thread_exit_watch() {
+        exit_watch_fires_on_exit(ExitWatch::with_thread);
+    }
+
+    #[test]
+    fn poll_timeouts_round_up() {
+        assert_eq!(
+            poll_timeout(Duration::from_micros(1)),
+            PollTimeout::from(1u16)
+        );
+        assert_eq!(
+            poll_timeout(Duration::from_millis(10)),
+            PollTimeout::from(10u16)
+        );
+        assert_eq!(
+            poll_timeout(Duration::from_secs(3600)),
+            PollTimeout::from(u16::MAX)
+        );
+    }
+
+    #[test]
+    fn streams_keep_the_first_bytes_and_flag_the_overflow_once() {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let mut w = File::from(w);
+        w.write_all(b"0123456789").unwrap();
+        let mut s = Stream::new(File::from(r), 4);
+        assert!(s.read_once(), "first overflow");
+        w.write_all(b"more").unwrap();
+        assert!(!s.read_once(), "reported once");
+        drop(w);
+        assert!(!s.read_once());
+        assert!(!s.open, "EOF closes the stream");
+        assert_eq!(s.captured.bytes, b"0123");
+        assert!(s.captured.truncated);
+    }
 
     #[test]
     fn wait_statuses_decode() {

@@ -189,3 +189,20 @@ pub fn wait_exit_keep_zombie(pid: i32) -> io::Result<()> {
         }
     }
 }
+
+/// A pidfd for child `pid`: readable once it has exited (it is not reaped).
+///
+/// # Errors
+/// `ENOSYS` on kernels before 5.3 (or sandboxes without the call).
+pub fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain integer arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(io::Error::other)?;
+    // SAFETY: the kernel just returned this new descriptor; nothing else
+    // owns it. (pidfd_open sets close-on-exec itself.)
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
