@@ -4,6 +4,7 @@ CARGO ?= cargo
 export AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/%2f
 
 .PHONY: help deps build test lint fmt rabbitmq clean run
+.PHONY: validate-manifests images minikube-up minikube-down deploy watch
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -20,7 +21,7 @@ run: ## start RabbitMQ, pod-manager (local backend) and api-server in the foregr
 build: ## build every crate (debug)
 	$(CARGO) build --workspace --all-targets
 
-test: rabbitmq build ## run every test, inside an outer pids/memory cgroup
+test: rabbitmq build validate-manifests ## run every test, inside an outer pids/memory cgroup
 	scripts/with-test-cgroup.sh $(CARGO) nextest run --workspace --profile ci --no-fail-fast
 
 lint: ## rustfmt check and clippy with warnings as errors
@@ -32,3 +33,42 @@ fmt: ## format the code
 
 clean: ## remove build output
 	$(CARGO) clean
+
+# --- Kubernetes (docs/operations.md, "Kubernetes with minikube") -----------
+MINIKUBE ?= minikube
+KUBECTL ?= kubectl
+NAMESPACE ?= warmpod
+IMAGE_TAG ?= dev
+MINIKUBE_START_FLAGS ?= --cni=calico --cpus=4 --memory=8g
+ROLLOUT = $(KUBECTL) -n $(NAMESPACE) rollout status --timeout=600s
+
+validate-manifests: ## render k8s-config; kubernetes-validate --strict (1.33), checkov, hadolint (tools from PyPI)
+	scripts/validate-manifests.sh
+
+images: ## build the standby, api-server and pod-manager images inside minikube (no registry)
+	$(MINIKUBE) image build --build-env=DOCKER_BUILDKIT=1 -t warmpod/standby:$(IMAGE_TAG) -f standby-image/Dockerfile .
+	$(MINIKUBE) image build --build-env=DOCKER_BUILDKIT=1 -t warmpod/api-server:$(IMAGE_TAG) -f api-server/Dockerfile .
+	$(MINIKUBE) image build --build-env=DOCKER_BUILDKIT=1 -t warmpod/pod-manager:$(IMAGE_TAG) -f pod-manager/Dockerfile .
+
+minikube-up: ## start minikube (Calico enforces NetworkPolicy), build the images, apply k8s-config, wait for the rollout
+	$(MINIKUBE) status >/dev/null 2>&1 || $(MINIKUBE) start $(MINIKUBE_START_FLAGS)
+	$(MAKE) images
+	$(KUBECTL) apply -k k8s-config
+	$(ROLLOUT) statefulset/rabbitmq
+	$(ROLLOUT) deployment/warmpod-standby
+	$(ROLLOUT) deployment/pod-manager
+	$(ROLLOUT) deployment/api-server
+
+deploy: images ## rebuild the images and roll the new ones out to the running cluster
+	$(KUBECTL) apply -k k8s-config
+	$(KUBECTL) -n $(NAMESPACE) rollout restart deployment/warmpod-standby deployment/pod-manager deployment/api-server
+	$(ROLLOUT) deployment/warmpod-standby
+	$(ROLLOUT) deployment/pod-manager
+	$(ROLLOUT) deployment/api-server
+
+watch: ## watch standby pods being claimed, run and replaced
+	$(KUBECTL) get pods -n $(NAMESPACE) -l app.kubernetes.io/name=warmpod-standby -w -L warmpod.io/state,warmpod.io/job
+
+minikube-down: ## delete warmpod from the cluster and stop minikube (`minikube delete` wipes it)
+	-$(KUBECTL) delete -k k8s-config --ignore-not-found --wait=false
+	$(MINIKUBE) stop

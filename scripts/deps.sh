@@ -8,6 +8,7 @@ PACKAGES=(
   build-essential pkg-config ca-certificates curl
   python3 nodejs default-jdk-headless g++ bash
   bubblewrap rabbitmq-server procps iproute2
+  python3-venv
 )
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
