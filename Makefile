@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/%2f
 
-.PHONY: help deps build test lint fmt rabbitmq clean run
+.PHONY: help deps build test lint fmt rabbitmq clean run bench-runner
 .PHONY: validate-manifests images minikube-up minikube-down deploy watch
 
 help: ## list targets
@@ -33,6 +33,11 @@ fmt: ## format the code
 
 clean: ## remove build output
 	$(CARGO) clean
+
+RUNS ?= 300
+bench-runner: ## runner size and start-up: a Python hello world job vs python3 directly (RUNS=300)
+	$(CARGO) build --release -p warmpod-runner
+	standby-image/runner/bench/startup.py "$${CARGO_TARGET_DIR:-target}/release/warmpod-runner" $(RUNS)
 
 # --- Kubernetes (docs/operations.md, "Kubernetes with minikube") -----------
 MINIKUBE ?= minikube
