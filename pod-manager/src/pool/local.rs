@@ -117,7 +117,7 @@ struct Inner {
     cfg: LocalConfig,
     /// The runner copy and the synthesized `/etc` files.
     runtime: RuntimeDir,
-    cgroups: Option<CgroupManager>,
+    cgroups: Option<Arc<CgroupManager>>,
     /// Whether sandboxes get their own uid (we are root).
     per_sandbox_uid: bool,
     ready: Mutex<VecDeque<LocalSandbox>>,
@@ -174,7 +174,7 @@ impl LocalPool {
                 pids_max: cfg.pids_max,
             };
             match tokio::task::spawn_blocking(move || CgroupManager::create(limits)).await {
-                Ok(Ok(m)) => Some(m),
+                Ok(Ok(m)) => Some(Arc::new(m)),
                 Ok(Err(reason)) => {
                     tracing::warn!(%reason, "cgroups unavailable: sandboxes are limited by rlimits alone");
                     None
@@ -247,6 +247,12 @@ impl LocalPool {
         }
         tokio::spawn(refill(pool.inner.clone()));
         Ok(pool)
+    }
+
+    /// Host pids of the ready sandboxes' `bwrap` processes.
+    pub fn ready_pids(&self) -> Vec<u32> {
+        let ready = self.inner.ready.lock().expect("ready queue lock");
+        ready.iter().filter_map(LocalSandbox::pid).collect()
     }
 
     /// Runs `warmpod-runner <args>` in a fresh one-off sandbox (not from
@@ -574,8 +580,11 @@ impl Inner {
         }
     }
 
-    /// Kills everything in the sandbox and reaps its bwrap process.
+    /// Kills everything in the sandbox, reaps its bwrap process and waits
+    /// until every process that was in it has exited.
     async fn kill_and_reap(&self, mut sandbox: LocalSandbox) {
+        let mut members: Vec<u32> = sandbox.pid().map(descendants).unwrap_or_default();
+        members.extend(sandbox.cgroup_pids().into_iter().map(|p| p as u32));
         let _ = sandbox.child.start_kill();
         let cgroup = sandbox.cgroup.take();
         if let Some(cg) = cgroup {
@@ -584,12 +593,23 @@ impl Inner {
         if let Err(e) = sandbox.child.wait().await {
             tracing::warn!(error = %e, "reaping a sandbox failed");
         }
+        // Killed processes leave the cgroup before they finish exiting;
+        // wait for them so "destroyed" means gone.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut pause = Duration::from_micros(200);
+        while members.iter().any(|p| running(*p)) {
+            if Instant::now() >= deadline {
+                tracing::error!(?members, "sandbox processes outlive SIGKILL");
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
     }
 
     async fn remove_cgroups(&self) {
-        if let Some(m) = &self.cgroups {
-            // Blocking but bounded; runs once at shutdown.
-            tokio::task::block_in_place(|| m.remove());
+        if let Some(m) = self.cgroups.clone() {
+            let _ = tokio::task::spawn_blocking(move || m.remove()).await;
         }
     }
 }
@@ -672,6 +692,27 @@ fn runner_waiting(pid: u32) -> bool {
         frontier = next;
     }
     false
+}
+
+/// Pids of every process below `pid`.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(p) = frontier.pop() {
+        let children =
+            fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        for c in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            out.push(c);
+            frontier.push(c);
+        }
+    }
+    out
+}
+
+/// Whether `pid` exists and has not finished exiting (zombies count as
+/// gone: they hold no resources but a pid).
+fn running(pid: u32) -> bool {
+    process_state(pid).is_some_and(|s| s != 'Z' && s != 'X')
 }
 
 fn process_state(pid: u32) -> Option<char> {
@@ -928,6 +969,8 @@ mod tests {
 
     #[test]
     fn process_state_reads_our_own() {
-        assert_eq!(process_state(std::process::id()), Some('R'));
+        let mine = process_state(std::process::id());
+        assert!(mine.is_some_and(|s| "RS".contains(s)), "{mine:?}");
+        assert_eq!(process_state(u32::MAX), None);
     }
 }

@@ -1,0 +1,185 @@
+//! Jobs through RabbitMQ into the local pool and back, in-process.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use lapin::types::FieldTable;
+use pod_manager::Application;
+use tokio_util::sync::CancellationToken;
+use warmpod_protocol::Status;
+
+use crate::helpers::{TestBroker, delivery_count_header, job, test_config, unique_prefix};
+
+const WITHIN: Duration = Duration::from_secs(90);
+
+struct Running {
+    broker: TestBroker,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    metrics: std::net::SocketAddr,
+}
+
+async fn start(extra: &[(&str, &str)]) -> Running {
+    crate::helpers::init_logs();
+    let prefix = unique_prefix();
+    let broker = TestBroker::new(&prefix).await;
+    let app = Application::build(test_config(&prefix, extra))
+        .await
+        .unwrap();
+    let stop = app.shutdown_token();
+    let metrics = app.metrics_addr();
+    let task = tokio::spawn(app.run_until_stopped());
+    Running {
+        broker,
+        stop,
+        task,
+        metrics,
+    }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+        self.broker.cleanup().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_jobs_give_n_correct_results_once_each() {
+    let app = start(&[("WARMPOD_POOL_SIZE", "3")]).await;
+    let mut expected = HashMap::new();
+    for i in 0..10u32 {
+        let j = if i % 2 == 0 {
+            job("python", &format!("print({i} * {i})"))
+        } else {
+            job("bash", &format!("echo $(( {i} * {i} ))"))
+        };
+        expected.insert(j.id, format!("{}\n", i * i));
+        app.broker.publish(&j).await;
+    }
+    for (id, stdout) in &expected {
+        let fin = app.broker.wait_event(*id, None, WITHIN).await;
+        let r = fin.result.as_ref().expect("final events carry the result");
+        assert_eq!(
+            (r.status, r.stdout.as_str()),
+            (Status::Accepted, stdout.as_str()),
+            "{r:?}"
+        );
+        assert_eq!(fin.meta.tag, Some(format!("tag-{id}")), "meta is echoed");
+        for (name, t) in [
+            ("queue_ms", r.queue_ms),
+            ("claim_ms", r.claim_ms),
+            ("exec_ms", r.exec_ms),
+            ("total_ms", r.total_ms),
+        ] {
+            assert!(t.is_some(), "{name} missing: {r:?}");
+        }
+        assert!(r.warm.is_some());
+        assert!(fin.at_ms > 0);
+    }
+    let events = app.broker.events();
+    for id in expected.keys() {
+        assert_eq!(app.broker.finals(*id).len(), 1, "one final event per job");
+        assert!(
+            events
+                .iter()
+                .any(|e| e.id == *id && e.status == Status::Running),
+            "a running event per job"
+        );
+    }
+    assert!(
+        events.iter().all(|e| expected.contains_key(&e.id)),
+        "no foreign events"
+    );
+
+    let metrics = reqwest_metrics(app.metrics).await;
+    for needle in [
+        "warmpod_pod_manager_jobs_total{status=\"accepted\"} 10",
+        "warmpod_pod_manager_phase_seconds_count{phase=\"claim\"} 10",
+        "warmpod_pod_manager_phase_seconds_count{phase=\"total\"} 10",
+        "warmpod_pod_manager_pool_warm_hit_ratio",
+        "warmpod_pod_manager_broker_connected 1",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing in:\n{metrics}");
+    }
+    app.stop().await;
+}
+
+async fn reqwest_metrics(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_is_dead_lettered_and_consuming_goes_on() {
+    let app = start(&[("WARMPOD_POOL_SIZE", "1")]).await;
+    app.broker
+        .publish_raw(b"{\"this is\": \"not a job\"}", FieldTable::default())
+        .await;
+    let (body, _) = app.broker.wait_dead_letter(WITHIN).await;
+    assert_eq!(body, b"{\"this is\": \"not a job\"}");
+    let j = job("python", "print('still here')");
+    app.broker.publish(&j).await;
+    let fin = app.broker.wait_event(j.id, None, WITHIN).await;
+    assert_eq!(fin.result.unwrap().stdout, "still here\n");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_delivered_too_often_is_answered_and_dead_lettered() {
+    let app = start(&[("WARMPOD_POOL_SIZE", "1"), ("WARMPOD_MAX_ATTEMPTS", "3")]).await;
+    let j = job("python", "print('never runs')");
+    app.broker.publish_with(&j, delivery_count_header(3)).await;
+    let fin = app.broker.wait_event(j.id, None, WITHIN).await;
+    assert_eq!(fin.status, Status::InternalError);
+    let r = fin.result.unwrap();
+    assert!(r.message.unwrap().contains("failed 3 times"));
+    let (body, _) = app.broker.wait_dead_letter(WITHIN).await;
+    let msg: warmpod_protocol::JobMessage = serde_json::from_slice(&body).unwrap();
+    assert_eq!(msg.job.id, j.id);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_versions_are_announced() {
+    let app = start(&[("WARMPOD_POOL_SIZE", "1")]).await;
+    let v = app.broker.wait_versions(WITHIN).await;
+    for lang in ["python", "javascript", "c", "cpp", "java", "bash"] {
+        assert!(v["versions"][lang].is_string(), "{lang} missing: {v}");
+    }
+    assert!(v["at_ms"].as_u64().unwrap() > 0);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_sandbox_is_retried_once_then_internal_error() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("warmpod-runner");
+    // Answers --versions, but dies on every job.
+    std::fs::write(
+        &fake,
+        "#!/usr/bin/bash\nif [ \"$1\" = --versions ]; then echo '{}'; exit 0; fi\nread -r line\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let app = start(&[
+        ("WARMPOD_POOL_SIZE", "1"),
+        ("WARMPOD_RUNNER_PATH", fake.to_str().unwrap()),
+    ])
+    .await;
+    let j = job("python", "print(1)");
+    app.broker.publish(&j).await;
+    let fin = app.broker.wait_event(j.id, None, WITHIN).await;
+    assert_eq!(fin.status, Status::InternalError);
+    let message = fin.result.unwrap().message.unwrap();
+    assert!(message.contains("failed twice"), "{message}");
+    app.stop().await;
+}

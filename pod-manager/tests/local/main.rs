@@ -1,0 +1,8 @@
+//! Black-box tests of pod-manager on the local (bubblewrap) backend,
+//! against a real RabbitMQ at `AMQP_URL`. Each test uses its own queue and
+//! exchange names.
+mod consumer;
+mod helpers;
+mod pool;
+mod resilience;
+mod sandbox;

@@ -1,0 +1,135 @@
+//! The pool's own behaviour: warm and cold claims, hung sandboxes,
+//! shutdown clean-up.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use pod_manager::pool::{self, LocalPool, WarmPool};
+use warmpod_protocol::{Limits, Status};
+
+use crate::helpers::{alive, cgroups_of, descendants, job, test_config, unique_prefix, wait_until};
+
+#[tokio::test]
+async fn an_empty_pool_makes_the_claim_wait_not_fail() {
+    crate::helpers::init_logs();
+    let cfg = test_config(&unique_prefix(), &[("WARMPOD_POOL_SIZE", "1")]);
+    let pool = LocalPool::start(cfg.local).await.unwrap();
+    let a = job("python", "print('a')");
+    let b = job("python", "print('b')");
+    let first = pool.claim(a.id).await.unwrap();
+    assert!(first.warm, "a ready sandbox was there");
+    let second = pool.claim(b.id).await.unwrap();
+    assert!(!second.warm, "the pool was empty: a cold claim");
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.warm_hits, stats.cold_claims, stats.claimed),
+        (1, 1, 2)
+    );
+
+    for (j, mut c, want) in [(a, first, "a"), (b, second, "b")] {
+        let r = pool.run(&mut c.sandbox, &j).await.unwrap();
+        assert_eq!(
+            (r.status, r.stdout.trim()),
+            (Status::Accepted, want),
+            "{r:?}"
+        );
+        pool.destroy(c.sandbox).await;
+    }
+    assert_eq!(pool.stats().claimed, 0);
+    pool.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_silent_sandbox_times_out_and_is_destroyed() {
+    crate::helpers::init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("warmpod-runner");
+    std::fs::write(
+        &fake,
+        "#!/usr/bin/bash\nread -r line\nexec /usr/bin/sleep 1000\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = test_config(
+        &unique_prefix(),
+        &[
+            ("WARMPOD_POOL_SIZE", "1"),
+            ("WARMPOD_RUNNER_PATH", fake.to_str().unwrap()),
+            ("WARMPOD_JOB_GRACE_MS", "300"),
+        ],
+    );
+    let pool = LocalPool::start(cfg.local).await.unwrap();
+    let mut j = job("python", "print(1)");
+    j.limits = Limits {
+        wall_time_ms: Some(200),
+        ..Limits::default()
+    };
+    let mut claimed = pool.claim(j.id).await.unwrap();
+    let inside = claimed.sandbox.cgroup_pids();
+    let err = pool.run(&mut claimed.sandbox, &j).await.unwrap_err();
+    assert!(matches!(err, pool::Error::Timeout(_)), "{err}");
+    pool.destroy(claimed.sandbox).await;
+    for pid in inside {
+        assert!(!alive(pid as u32), "pid {pid} of the hung sandbox survived");
+    }
+    pool.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_runner_without_an_answer_is_a_protocol_error() {
+    crate::helpers::init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("warmpod-runner");
+    std::fs::write(&fake, "#!/usr/bin/bash\nread -r line\necho 'not json'\n").unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = test_config(
+        &unique_prefix(),
+        &[
+            ("WARMPOD_POOL_SIZE", "1"),
+            ("WARMPOD_RUNNER_PATH", fake.to_str().unwrap()),
+        ],
+    );
+    let pool = LocalPool::start(cfg.local).await.unwrap();
+    let j = job("python", "print(1)");
+    let mut claimed = pool.claim(j.id).await.unwrap();
+    let err = pool.run(&mut claimed.sandbox, &j).await.unwrap_err();
+    assert!(matches!(err, pool::Error::Protocol(_)), "{err}");
+    pool.destroy(claimed.sandbox).await;
+    pool.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_leaves_no_process_or_cgroup_behind() {
+    crate::helpers::init_logs();
+    let cfg = test_config(&unique_prefix(), &[("WARMPOD_POOL_SIZE", "3")]);
+    let pool = LocalPool::start(cfg.local).await.unwrap();
+    wait_until("three ready sandboxes", Duration::from_secs(30), || {
+        pool.stats().ready == 3
+    })
+    .await;
+    let me = std::process::id();
+    let sandboxes: Vec<u32> = pool
+        .ready_pids()
+        .into_iter()
+        .flat_map(|p| std::iter::once(p).chain(descendants(p)))
+        .collect();
+    assert!(
+        sandboxes.len() >= 9,
+        "bwrap, its init and the runner per sandbox: {sandboxes:?}"
+    );
+    let had_cgroups = !cgroups_of(me as i32).is_empty();
+    pool.shutdown().await;
+    for pid in sandboxes {
+        assert!(!alive(pid), "sandbox process {pid} survived shutdown");
+    }
+    assert!(
+        cgroups_of(me as i32).is_empty(),
+        "cgroups left: {:?}",
+        cgroups_of(me as i32)
+    );
+    if !had_cgroups {
+        eprintln!("note: no writable cgroups here; only processes were checked");
+    }
+    let err = pool.claim(uuid::Uuid::new_v4()).await.unwrap_err();
+    assert!(matches!(err, pool::Error::Closed), "{err}");
+}

@@ -1,0 +1,302 @@
+//! Isolation of one sandbox, seen from the program inside.
+
+use std::time::Duration;
+
+use pod_manager::pool::{LocalPool, WarmPool};
+use serde_json::Value;
+use warmpod_protocol::{JobResult, Status};
+
+use crate::helpers::{alive, job, test_config, unique_prefix, wait_until};
+
+async fn pool(size: &str) -> LocalPool {
+    crate::helpers::init_logs();
+    let cfg = test_config(&unique_prefix(), &[("WARMPOD_POOL_SIZE", size)]);
+    LocalPool::start(cfg.local)
+        .await
+        .expect("local pool starts")
+}
+
+/// Runs a Python program in a fresh sandbox and returns its result.
+async fn run_python(pool: &LocalPool, source: &str) -> JobResult {
+    let j = job("python", source);
+    let mut claimed = pool.claim(j.id).await.unwrap();
+    let result = pool
+        .run(&mut claimed.sandbox, &j)
+        .await
+        .expect("sandbox answers");
+    pool.destroy(claimed.sandbox).await;
+    result
+}
+
+/// Runs a Python program printing one JSON value and parses it.
+async fn probe(pool: &LocalPool, source: &str) -> Value {
+    let r = run_python(pool, source).await;
+    assert_eq!(r.status, Status::Accepted, "probe failed: {r:?}");
+    serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {:?}", r.stdout))
+}
+
+#[tokio::test]
+async fn cannot_reach_host_ports_on_loopback() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let pool = pool("1").await;
+    let got = probe(
+        &pool,
+        &format!(
+            r#"
+import json, socket
+out = {{}}
+for port in (5672, {port}):
+    s = socket.socket()
+    s.settimeout(3)
+    try:
+        s.connect(("127.0.0.1", port))
+        out[str(port)] = "connected"
+    except OSError as e:
+        out[str(port)] = "error %s" % e.errno
+ifaces = [l.split(":")[0].strip() for l in open("/proc/net/dev").read().splitlines()[2:]]
+out["ifaces"] = ifaces
+print(json.dumps(out))
+"#
+        ),
+    )
+    .await;
+    for p in ["5672".to_string(), port.to_string()] {
+        assert_ne!(got[&p], "connected", "reached host port {p}: {got}");
+    }
+    assert_eq!(got["ifaces"], serde_json::json!(["lo"]), "{got}");
+    assert!(listener.accept().is_err(), "the host listener was reached");
+    pool.shutdown().await;
+}
+
+#[tokio::test]
+async fn cannot_read_host_secrets_or_workspaces() {
+    let pool = pool("1").await;
+    let got = probe(
+        &pool,
+        r#"
+import json, os
+out = {}
+for p in ["/root", "/work", "/home", "/var", "/run", "/etc/shadow", "/etc/hostname", "/etc/os-release"]:
+    try:
+        if os.path.isdir(p):
+            os.listdir(p)
+        else:
+            open(p).read()
+        out[p] = "readable"
+    except OSError as e:
+        out[p] = "error %s" % e.errno
+out["env"] = sorted(os.environ)
+print(json.dumps(out))
+"#,
+    )
+    .await;
+    for p in [
+        "/root",
+        "/work",
+        "/home",
+        "/var",
+        "/run",
+        "/etc/shadow",
+        "/etc/hostname",
+    ] {
+        assert_ne!(got[p], "readable", "{p} is readable: {got}");
+    }
+    let env = got["env"].to_string();
+    for leak in ["AMQP", "WARMPOD", "CARGO", "RUST"] {
+        assert!(!env.contains(leak), "{leak} variables leak in: {env}");
+    }
+    pool.shutdown().await;
+}
+
+#[tokio::test]
+async fn sees_only_its_own_processes() {
+    let pool = pool("1").await;
+    let got = probe(
+        &pool,
+        r#"
+import json, os
+procs = {}
+for p in os.listdir("/proc"):
+    if p.isdigit():
+        try:
+            procs[p] = open("/proc/%s/comm" % p).read().strip()
+        except OSError:
+            pass
+print(json.dumps(procs))
+"#,
+    )
+    .await;
+    let procs = got.as_object().unwrap();
+    assert!(procs.len() <= 6, "too many processes visible: {got}");
+    assert_eq!(procs["1"], "bwrap", "{got}");
+    for comm in procs.values() {
+        let comm = comm.as_str().unwrap();
+        assert!(
+            ["bwrap", "warmpod-runner", "python3"].contains(&comm),
+            "foreign process {comm} visible: {got}"
+        );
+    }
+    pool.shutdown().await;
+}
+
+#[tokio::test]
+async fn writes_only_to_its_work_dir_and_tmp() {
+    let pool = pool("1").await;
+    let got = probe(
+        &pool,
+        r#"
+import json, os
+out = {}
+for p in ["x", "/tmp/x", "/x", "/usr/x", "/etc/x", "/opt/x", "/opt/warmpod/x", "/dev/x", "/dev/shm/x", "/proc/x", "/bin/x"]:
+    try:
+        with open(p, "w") as f:
+            f.write("x")
+        out[p] = "written"
+    except OSError as e:
+        out[p] = "error %s" % e.errno
+print(json.dumps(out))
+"#,
+    )
+    .await;
+    assert_eq!(got["x"], "written", "work dir not writable: {got}");
+    assert_eq!(got["/tmp/x"], "written", "/tmp not writable: {got}");
+    for (path, outcome) in got.as_object().unwrap() {
+        if path != "x" && path != "/tmp/x" {
+            assert_ne!(outcome, "written", "{path} is writable: {got}");
+        }
+    }
+    pool.shutdown().await;
+}
+
+#[tokio::test]
+async fn nothing_of_a_job_survives_into_the_next() {
+    let pool = pool("1").await;
+    let first = job(
+        "python",
+        r#"
+import subprocess
+open("/tmp/leftover", "w").write("secret")
+open("leftover", "w").write("secret")
+subprocess.Popen(["/usr/bin/sleep", "1000"], start_new_session=True,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+print("planted")
+"#,
+    );
+    let mut claimed = pool.claim(first.id).await.unwrap();
+    let r = pool.run(&mut claimed.sandbox, &first).await.unwrap();
+    assert_eq!(r.stdout.trim(), "planted", "{r:?}");
+    let inside = claimed.sandbox.cgroup_pids();
+    let bwrap = claimed.sandbox.pid().unwrap();
+    pool.destroy(claimed.sandbox).await;
+    assert!(!alive(bwrap), "the sandbox process survived destroy");
+    for pid in inside {
+        assert!(
+            !alive(pid as u32),
+            "process {pid} of the sandbox survived destroy"
+        );
+    }
+
+    let got = probe(
+        &pool,
+        r#"
+import json, os
+comms = []
+for p in os.listdir("/proc"):
+    if p.isdigit():
+        try:
+            comms.append(open("/proc/%s/comm" % p).read().strip())
+        except OSError:
+            pass
+print(json.dumps({
+    "tmp": os.path.exists("/tmp/leftover"),
+    "cwd": os.path.exists("leftover"),
+    "tmp_listing": os.listdir("/tmp"),
+    "sleep": "sleep" in comms,
+}))
+"#,
+    )
+    .await;
+    assert_eq!(got["tmp"], false, "{got}");
+    assert_eq!(got["cwd"], false, "{got}");
+    assert_eq!(got["sleep"], false, "the daemon survived: {got}");
+    pool.shutdown().await;
+}
+
+#[tokio::test]
+async fn kill_minus_one_inside_kills_only_the_sandbox() {
+    let mut sentinel = std::process::Command::new("/usr/bin/sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let pool = pool("2").await;
+    wait_until("two ready sandboxes", Duration::from_secs(30), || {
+        pool.stats().ready == 2
+    })
+    .await;
+    let bomb = job("bash", "kill -9 -1\necho survived");
+    let mut claimed = pool.claim(bomb.id).await.unwrap();
+    // The runner shares the program's uid inside, so it may die too: then
+    // the sandbox answers nothing, which the consumer reports as an
+    // infrastructure failure. Either way nothing outside may be hit.
+    let _ = pool.run(&mut claimed.sandbox, &bomb).await;
+    pool.destroy(claimed.sandbox).await;
+
+    assert!(
+        sentinel.try_wait().unwrap().is_none(),
+        "a host process was killed"
+    );
+    // The other sandbox, started before, still works.
+    let r = crate::sandbox::run_python(&pool, "print('alive')").await;
+    assert_eq!(r.stdout.trim(), "alive", "{r:?}");
+    sentinel.kill().unwrap();
+    sentinel.wait().unwrap();
+    pool.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_language_runs_inside_a_sandbox() {
+    let pool = pool("1").await;
+    let (code, out) = pool
+        .run_runner_command(&["--check"], Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "warmpod-runner --check failed inside: {out}");
+    let programs = [
+        ("python", "print('hi python')"),
+        ("javascript", "console.log('hi javascript')"),
+        ("bash", "echo hi bash"),
+        (
+            "c",
+            "#include <stdio.h>\nint main(void) { puts(\"hi c\"); return 0; }",
+        ),
+        (
+            "cpp",
+            "#include <iostream>\nint main() { std::cout << \"hi cpp\" << std::endl; }",
+        ),
+        (
+            "java",
+            "public class Main { public static void main(String[] a) { System.out.println(\"hi java\"); } }",
+        ),
+    ];
+    for (lang, source) in programs {
+        let j = job(lang, source);
+        let mut claimed = pool.claim(j.id).await.unwrap();
+        let r = pool.run(&mut claimed.sandbox, &j).await.unwrap();
+        pool.destroy(claimed.sandbox).await;
+        assert_eq!(
+            (r.status, r.stdout.trim()),
+            (Status::Accepted, format!("hi {lang}").as_str()),
+            "{lang}: {r:?}"
+        );
+    }
+    let versions = pool.runtime_versions().await.unwrap();
+    for lang in ["python", "javascript", "c", "cpp", "java", "bash"] {
+        assert!(
+            versions.get(lang).is_some_and(|v| !v.is_empty()),
+            "{lang} missing: {versions:?}"
+        );
+    }
+    pool.shutdown().await;
+}
