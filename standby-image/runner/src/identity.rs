@@ -4,7 +4,7 @@
 //! [`UID_RANGE`], so that `RLIMIT_NPROC` (counted per real uid, machine
 //! wide) counts only this job's processes and `kill(-1)` as that uid
 //! reaches only them. Concurrent runners on one machine each hold an
-//! exclusive `flock` on `<lock dir>/<uid>.lock` for their whole life, so no
+//! exclusive `flock` on `<lock dir>/<uid>.lock` ([`LOCK_DIR`]) for their whole life, so no
 //! two share a uid. Not root (a bubblewrap sandbox started as a dedicated
 //! uid, or a non-root pod), the program runs as the runner's own uid.
 
@@ -19,8 +19,9 @@ use nix::fcntl::{Flock, FlockArg};
 /// The uids (and gids, the same numbers) handed to programs when root.
 pub const UID_RANGE: RangeInclusive<u32> = 61_000..=61_999;
 
-/// Where the per-uid lock files live.
-pub const LOCK_DIR: &str = "/tmp/warmpod-runner-uids";
+/// Where the per-uid lock files live (root only). Under `/run`, which only
+/// root can write, so no other user can squat the directory first.
+pub const LOCK_DIR: &str = "/run/warmpod-runner-uids";
 
 /// The identity programs run as.
 #[derive(Debug)]
