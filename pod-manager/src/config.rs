@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::pool::kube::{KubeConfig, ScalePolicy};
 use warmpod_protocol::queue::{
     DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, JOBS_QUEUE, JOBS_QUEUE_MAX_LENGTH,
 };
@@ -176,6 +177,9 @@ pub struct Config {
     /// The local backend's settings (also read when `backend` is `kube`,
     /// for the shared pool size).
     pub local: LocalConfig,
+    /// The Kubernetes backend's settings (`WARMPOD_KUBE_*`, `WARMPOD_POD_NAME`,
+    /// `WARMPOD_POOL_*`, `WARMPOD_JANITOR_*`; see [`kube_config`]).
+    pub kube: KubeConfig,
     /// Where `/metrics` and `/health` are served (`WARMPOD_METRICS_ADDR`;
     /// port 0 picks a free one).
     pub metrics_addr: SocketAddr,
@@ -275,6 +279,7 @@ impl Config {
                 "expected an unused uid range starting at 1000 or above",
             ));
         }
+        let kube = kube_config(&get, local.job_grace)?;
         let metrics_raw =
             get("WARMPOD_METRICS_ADDR").unwrap_or_else(|| DEFAULT_METRICS_ADDR.into());
         let metrics_addr = metrics_raw.trim().parse().map_err(|_| {
@@ -298,6 +303,7 @@ impl Config {
             max_attempts,
             backend,
             local,
+            kube,
             metrics_addr,
             log_format,
             connection_name,
@@ -330,6 +336,97 @@ fn bad(var: &'static str, value: &str, reason: &str) -> ConfigError {
         value: value.to_string(),
         reason: reason.to_string(),
     }
+}
+
+/// The Kubernetes backend's settings. `exec_grace` is `WARMPOD_JOB_GRACE_MS`,
+/// shared with the local backend.
+fn kube_config(
+    get: &impl Fn(&str) -> Option<String>,
+    exec_grace: Duration,
+) -> Result<KubeConfig, ConfigError> {
+    let d = KubeConfig::default();
+    let text = |var: &str, default: &str| {
+        get(var).map_or_else(|| default.to_string(), |v| v.trim().to_string())
+    };
+    let scale = ScalePolicy {
+        min: parse(get, "WARMPOD_POOL_MIN", d.scale.min)?,
+        max: parse(get, "WARMPOD_POOL_MAX", d.scale.max)?,
+        hysteresis: parse(get, "WARMPOD_POOL_HYSTERESIS", d.scale.hysteresis)?,
+        scale_down_delay: Duration::from_secs(parse(
+            get,
+            "WARMPOD_POOL_SCALE_DOWN_DELAY_S",
+            d.scale.scale_down_delay.as_secs(),
+        )?),
+        interval: Duration::from_secs(positive(
+            get,
+            "WARMPOD_POOL_SCALE_INTERVAL_S",
+            d.scale.interval.as_secs(),
+        )?),
+    };
+    for (var, n) in [
+        ("WARMPOD_POOL_MIN", scale.min),
+        ("WARMPOD_POOL_MAX", scale.max),
+        ("WARMPOD_POOL_HYSTERESIS", scale.hysteresis),
+    ] {
+        if n < 0 {
+            return Err(bad(
+                var,
+                &n.to_string(),
+                "expected a non-negative whole number",
+            ));
+        }
+    }
+    if scale.max < scale.min.max(1) {
+        return Err(bad(
+            "WARMPOD_POOL_MAX",
+            &scale.max.to_string(),
+            "expected at least 1 and at least WARMPOD_POOL_MIN",
+        ));
+    }
+    let autoscale = match get("WARMPOD_POOL_SCALER").as_deref().map(str::trim) {
+        None | Some("on") => true,
+        Some("off") => false,
+        Some(other) => return Err(bad("WARMPOD_POOL_SCALER", other, "expected on or off")),
+    };
+    let janitor_max_age = Duration::from_secs(positive(
+        get,
+        "WARMPOD_JANITOR_MAX_AGE_S",
+        d.janitor_max_age.as_secs(),
+    )?);
+    // The longest job: the maximum run and compile wall limits plus the grace.
+    let longest = Duration::from_millis(
+        warmpod_protocol::ResolvedLimits::MAXIMUM.wall_time_ms
+            + warmpod_protocol::ResolvedLimits::COMPILE_MAXIMUM.wall_time_ms,
+    ) + exec_grace;
+    if janitor_max_age <= longest {
+        return Err(bad(
+            "WARMPOD_JANITOR_MAX_AGE_S",
+            &janitor_max_age.as_secs().to_string(),
+            &format!(
+                "expected more than the longest job ({} s)",
+                longest.as_secs()
+            ),
+        ));
+    }
+    Ok(KubeConfig {
+        namespace: text("WARMPOD_KUBE_NAMESPACE", &d.namespace),
+        pool: text("WARMPOD_KUBE_POOL", &d.pool),
+        deployment: text("WARMPOD_KUBE_DEPLOYMENT", &d.deployment),
+        container: text("WARMPOD_KUBE_CONTAINER", &d.container),
+        runner_command: vec![text("WARMPOD_KUBE_RUNNER", &d.runner_command[0])],
+        manager: get("WARMPOD_POD_NAME")
+            .or_else(|| get("HOSTNAME"))
+            .map_or_else(|| d.manager.clone(), |v| v.trim().to_string()),
+        exec_grace,
+        janitor_max_age,
+        janitor_interval: Duration::from_secs(positive(
+            get,
+            "WARMPOD_JANITOR_INTERVAL_S",
+            d.janitor_interval.as_secs(),
+        )?),
+        scale,
+        autoscale,
+    })
 }
 
 fn parse<T: std::str::FromStr>(
@@ -416,6 +513,45 @@ mod tests {
     fn kube_backend_is_selectable() {
         let c = config(&[("WARMPOD_BACKEND", "kube")]).unwrap();
         assert_eq!(c.backend, Backend::Kube);
+    }
+
+    #[test]
+    fn kube_settings_come_from_their_variables() {
+        let c = config(&[
+            ("WARMPOD_BACKEND", "kube"),
+            ("WARMPOD_KUBE_NAMESPACE", "ns1"),
+            ("WARMPOD_POD_NAME", "pod-manager-abc"),
+            ("WARMPOD_POOL_MIN", "3"),
+            ("WARMPOD_POOL_MAX", "7"),
+            ("WARMPOD_POOL_SCALER", "off"),
+        ])
+        .unwrap();
+        assert_eq!(c.kube.namespace, "ns1");
+        assert_eq!(c.kube.manager, "pod-manager-abc");
+        assert_eq!((c.kube.scale.min, c.kube.scale.max), (3, 7));
+        assert!(!c.kube.autoscale);
+        assert_eq!(
+            c.kube.exec_grace, c.local.job_grace,
+            "one grace for both backends"
+        );
+        let bad = [
+            (
+                vec![("WARMPOD_POOL_MIN", "5"), ("WARMPOD_POOL_MAX", "2")],
+                "WARMPOD_POOL_MAX",
+            ),
+            (vec![("WARMPOD_POOL_MIN", "-1")], "WARMPOD_POOL_MIN"),
+            (
+                vec![("WARMPOD_POOL_SCALER", "maybe")],
+                "WARMPOD_POOL_SCALER",
+            ),
+            (
+                vec![("WARMPOD_JANITOR_MAX_AGE_S", "60")],
+                "WARMPOD_JANITOR_MAX_AGE_S",
+            ),
+        ];
+        for (vars, var) in bad {
+            assert_eq!(config(&vars).unwrap_err().var, var, "{vars:?}");
+        }
     }
 
     #[test]

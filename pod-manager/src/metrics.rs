@@ -145,6 +145,11 @@ impl Metrics {
         Ok(m)
     }
 
+    /// The registry `/metrics` renders, for a backend's own series.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Records how long `phase` took.
     pub fn phase(&self, phase: Phase, took: Duration) {
         self.phase

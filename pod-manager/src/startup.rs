@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Backend, Config};
 use crate::consumer::{Consumer, announce_versions};
 use crate::metrics::{Metrics, MetricsServer};
+use crate::pool::kube::{KubeMetrics, KubePool, queue_depth::QueueDepth};
 use crate::pool::{LocalPool, WarmPool};
 
 type RunFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
@@ -39,9 +40,22 @@ impl Application {
                     .context("starting the local sandbox pool")?;
                 Self::with_pool(config, pool).await
             }
-            Backend::Kube => anyhow::bail!(
-                "WARMPOD_BACKEND=kube: the Kubernetes pool is not wired into this build yet"
-            ),
+            Backend::Kube => {
+                let client = kube::Client::try_default().await.context(
+                    "connecting to Kubernetes (no in-cluster service account and no usable KUBECONFIG)",
+                )?;
+                let kube_metrics = KubeMetrics::default();
+                let pool = KubePool::start(client, config.kube.clone(), kube_metrics.clone())
+                    .await
+                    .context("starting the Kubernetes pool")?;
+                if config.kube.autoscale {
+                    pool.spawn_scaler(QueueDepth::new(
+                        config.amqp_url.expose(),
+                        config.queues.jobs.clone(),
+                    ));
+                }
+                Self::with_pool_registering(config, pool, |r| kube_metrics.register(r)).await
+            }
         }
     }
 
@@ -50,7 +64,21 @@ impl Application {
     /// # Errors
     /// The metrics address cannot be bound.
     pub async fn with_pool<P: WarmPool>(config: Config, pool: P) -> anyhow::Result<Self> {
+        Self::with_pool_registering(config, pool, |_| Ok(())).await
+    }
+
+    /// [`with_pool`](Self::with_pool), letting `register` add the backend's
+    /// own series to the `/metrics` registry.
+    ///
+    /// # Errors
+    /// A series cannot be registered or the metrics address cannot be bound.
+    pub async fn with_pool_registering<P: WarmPool>(
+        config: Config,
+        pool: P,
+        register: impl FnOnce(&prometheus::Registry) -> prometheus::Result<()>,
+    ) -> anyhow::Result<Self> {
         let metrics = Metrics::new().context("registering metrics")?;
+        register(metrics.registry()).context("registering the pool backend's metrics")?;
         let server = MetricsServer::bind(config.metrics_addr)
             .await
             .with_context(|| format!("binding the metrics server on {}", config.metrics_addr))?;

@@ -32,7 +32,8 @@
 //! - [`claim`]: the claim patch and the claim loop.
 //! - [`exec`]: running the runner over the exec WebSocket.
 //! - [`janitor`]: the crash-leftover sweeper.
-//! - [`scaler`]: pool sizing, decisions as pure functions.
+//! - [`scaler`]: pool sizing, decisions as pure functions;
+//!   [`queue_depth`]: the demand it reads from RabbitMQ.
 //! - [`metrics`]: per-phase timings and API calls per job.
 
 pub mod claim;
@@ -40,6 +41,7 @@ pub mod exec;
 pub mod janitor;
 pub mod labels;
 pub mod metrics;
+pub mod queue_depth;
 pub mod scaler;
 pub mod standby;
 
@@ -86,6 +88,9 @@ pub struct KubeConfig {
     pub janitor_interval: Duration,
     /// Pool sizing bounds and damping.
     pub scale: ScalePolicy,
+    /// Whether this manager runs the scaler (off when KEDA or an operator
+    /// owns the standby Deployment's replicas).
+    pub autoscale: bool,
 }
 
 impl Default for KubeConfig {
@@ -101,6 +106,7 @@ impl Default for KubeConfig {
             janitor_max_age: DEFAULT_JANITOR_MAX_AGE,
             janitor_interval: DEFAULT_JANITOR_INTERVAL,
             scale: ScalePolicy::default(),
+            autoscale: true,
         }
     }
 }
@@ -261,6 +267,17 @@ impl KubePool {
             }),
             self.inner.metrics.clone(),
         )
+    }
+
+    /// Runs the [`Scaler`] in the background with `depth` as the queue
+    /// depth, until the pool shuts down.
+    pub fn spawn_scaler(&self, depth: queue_depth::QueueDepth) {
+        let depth = Arc::new(depth);
+        let source = move || {
+            let depth = depth.clone();
+            async move { depth.read().await }
+        };
+        tokio::spawn(self.scaler().run(source, self.shutdown_token()));
     }
 
     /// Fires when the pool shuts down; for tasks that live as long as it.
