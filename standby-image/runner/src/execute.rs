@@ -10,7 +10,7 @@ use warmpod_protocol::{JobResult, ResolvedLimits, Status, language};
 
 use crate::classify::{self, Verdict};
 use crate::identity::{Identity, IdentityError};
-use crate::job::{self, JobError, PreparedJob};
+use crate::job::{self, PreparedJob};
 use crate::limits;
 use crate::reaper;
 use crate::spawn::{ForkExec, LaunchSpec, Launcher};
@@ -72,12 +72,9 @@ impl<L: Launcher> Runner<L> {
     }
 
     /// Runs the job in `line` (as returned by [`job::read_line`]); any
-    /// problem becomes an `internal_error` result.
-    pub fn run_line(&self, line: Result<Vec<u8>, JobError>) -> JobResult {
-        let parsed = line
-            .map_err(|e| (Uuid::nil(), e))
-            .and_then(|l| job::parse(&l));
-        match parsed {
+    /// problem with it becomes an `internal_error` result.
+    pub fn run_line(&self, line: &[u8]) -> JobResult {
+        match job::parse(line) {
             Ok(job) => self.run(&job),
             Err((id, e)) => JobResult::internal_error(id, e.to_string()),
         }

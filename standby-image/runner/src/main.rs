@@ -4,10 +4,12 @@
 //! runtime is installed (a readiness probe).
 
 use std::io::{self, Write};
+use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use uuid::Uuid;
 use warmpod_protocol::JobResult;
 use warmpod_runner::{DEFAULT_WORK_ROOT, LOCK_DIR, Runner, read_line, salvage_id};
 
@@ -57,13 +59,19 @@ fn main() -> ExitCode {
         return check();
     }
     let runner = Runner::start(cli.uid, &cli.lock_dir, cli.work_root);
-    let line = read_line(&mut io::stdin().lock());
-    let result = match runner {
-        Ok(runner) => runner.run_line(line),
-        Err(e) => {
-            let id = line.map(|l| salvage_id(&l)).unwrap_or_default();
-            JobResult::internal_error(id, format!("runner start-up failed: {e}"))
+    let result = match (runner, read_line(&mut io::stdin().lock())) {
+        (_, Err(e)) => JobResult::internal_error(Uuid::nil(), e.to_string()),
+        (Err(e), Ok(line)) => {
+            JobResult::internal_error(salvage_id(&line), format!("runner start-up failed: {e}"))
         }
+        // A bug must still answer with a result line, never with silence.
+        (Ok(runner), Ok(line)) => panic::catch_unwind(AssertUnwindSafe(|| runner.run_line(&line)))
+            .unwrap_or_else(|_| {
+                JobResult::internal_error(
+                    salvage_id(&line),
+                    "the runner failed unexpectedly (a bug; see its stderr)",
+                )
+            }),
     };
     print_line(&serde_json::to_string(&result))
 }

@@ -1,6 +1,10 @@
 //! The `--versions` and `--check` modes.
 
-use crate::helpers::run_raw;
+use warmpod_protocol::Status;
+
+use crate::helpers::{
+    assert_nothing_left, assert_status, is_root, job, parse_single_line, run_raw,
+};
 
 #[test]
 fn versions_prints_one_json_object_of_every_language() {
@@ -30,4 +34,40 @@ fn bad_flags_exit_64() {
     let (status, stdout) = run_raw(&["--no-such-flag"], "");
     assert_eq!(status.code(), Some(64));
     assert_eq!(stdout, "");
+}
+
+#[test]
+fn a_pinned_uid_is_used_when_root() {
+    if !is_root() {
+        return; // Not root: programs run as the runner's own uid.
+    }
+    let uid = 64_000 + std::process::id() % 1000;
+    let test_job = job("python", "import os\nprint(os.getuid(), os.getgid())");
+    let (status, stdout) = run_raw(&["--uid", &uid.to_string()], &test_job.line());
+    assert!(status.success());
+    let result = parse_single_line(&stdout);
+    assert_status(&result, Status::Accepted);
+    assert_eq!(result.stdout, format!("{uid} {uid}\n"));
+    assert_nothing_left(test_job.id);
+}
+
+#[test]
+fn a_failed_start_still_answers_with_a_result_line() {
+    if !is_root() {
+        return; // Only root uses the lock directory.
+    }
+    let not_a_dir = tempfile::NamedTempFile::new().expect("temp file");
+    let lock_dir = not_a_dir.path().to_str().expect("UTF-8 path");
+    let test_job = job("python", "print(1)");
+    let (status, stdout) = run_raw(&["--lock-dir", lock_dir], &test_job.line());
+    assert!(status.success());
+    let result = parse_single_line(&stdout);
+    assert_status(&result, Status::InternalError);
+    assert_eq!(result.id, test_job.id);
+    assert!(
+        result
+            .message
+            .unwrap_or_default()
+            .contains("lock directory")
+    );
 }

@@ -75,6 +75,11 @@ impl TestJob {
         self
     }
 
+    /// The job as one JSON line (without the newline).
+    pub fn line(&self) -> String {
+        self.value.to_string()
+    }
+
     /// Runs the job, checks the result is for this job and that nothing of
     /// it is left behind.
     pub fn run(&self) -> JobResult {
