@@ -1,0 +1,65 @@
+//! Probes, metrics and the OpenAPI document.
+
+use serde_json::Value;
+
+use crate::helpers::{Options, spawn_app_with};
+
+#[tokio::test]
+async fn probes_answer() {
+    let app = spawn_app_with(Options::without_pod_manager()).await;
+
+    for (path, want) in [
+        ("/healthz", serde_json::json!({"status": "ok"})),
+        ("/health", serde_json::json!({"status": "healthy"})),
+    ] {
+        let r = app.get(path).await;
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.json::<Value>().await.unwrap(), want, "{path}");
+    }
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), 200);
+    assert_eq!(ready.json::<Value>().await.unwrap()["broker"], "connected");
+
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("warmpod_api_broker_ready 1"), "{metrics}");
+
+    let missing = app.get("/no/such/route").await;
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.json::<Value>().await.unwrap()["code"], "not_found");
+}
+
+#[tokio::test]
+async fn openapi_document_validates_and_lists_every_route() {
+    let app = spawn_app_with(Options::without_pod_manager()).await;
+
+    let text = app.get("/openapi.json").await.text().await.unwrap();
+    let spec = oas3::from_json(&text).expect("a valid OpenAPI 3.1 document");
+
+    let paths = spec.paths.expect("paths");
+    for path in [
+        "/v1/executions",
+        "/v1/executions/{id}",
+        "/v1/executions/batch",
+        "/v1/executions/{id}/events",
+        "/v1/ws",
+        "/v1/languages",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/submissions",
+        "/submissions/{token}",
+        "/submissions/batch",
+        "/languages",
+        "/languages/{id}",
+        "/statuses",
+        "/about",
+        "/config_info",
+        "/execute",
+        "/lang/{language}",
+        "/submit/batch",
+        "/health",
+    ] {
+        assert!(paths.contains_key(path), "OpenAPI lacks {path}");
+    }
+}
