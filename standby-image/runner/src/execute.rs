@@ -94,7 +94,7 @@ impl<L: Launcher> Runner<L> {
         };
         let mut compile_output = String::new();
         if let Some(template) = job.language.compile {
-            let argv = language::expand(template, &job.sources(), job.compile_limits.memory_kb);
+            let argv = compile_argv(job, template);
             let step = Step {
                 argv: &argv,
                 limits: &job.compile_limits,
@@ -110,8 +110,7 @@ impl<L: Launcher> Runner<L> {
                 return result;
             }
         }
-        let mut argv = language::expand(job.language.run, &job.sources(), job.limits.memory_kb);
-        argv.extend(job.args.iter().cloned());
+        let argv = run_argv(job);
         let step = Step {
             argv: &argv,
             limits: &job.limits,
@@ -129,12 +128,22 @@ impl<L: Launcher> Runner<L> {
         result
     }
 
+    /// Tasks the program's uid will run besides the program: none for a
+    /// dedicated uid; else what `/proc` shows now plus the stdin feeder
+    /// thread the launch adds.
+    fn tasks_before(&self, step: &Step<'_>) -> u64 {
+        if self.identity.is_dedicated() {
+            return 0;
+        }
+        self.identity.tasks_running() + u64::from(!step.stdin.is_empty())
+    }
+
     fn step(&self, job: &PreparedJob, dir: &WorkDir, step: &Step<'_>) -> Result<Outcome, String> {
         let spec = LaunchSpec {
             argv: step.argv,
             dir: dir.path(),
             ids: self.identity.switch_to(),
-            rlimits: limits::plan(job.language, step.limits, self.identity.tasks_running()),
+            rlimits: limits::plan(job.language, step.limits, self.tasks_before(step)),
             stdin: step.stdin,
             merge_output: step.merge_output,
         };
@@ -151,6 +160,20 @@ impl<L: Launcher> Runner<L> {
             .map_err(|e| format!("starting {} failed: {e}", step.argv[0]))?;
         supervise::supervise(launched, started, &watch).map_err(|e| e.to_string())
     }
+}
+
+/// The compile command of `job`: `template` expanded with the job's
+/// sources and its compile memory limit.
+fn compile_argv(job: &PreparedJob, template: &[&str]) -> Vec<String> {
+    language::expand(template, &job.sources(), job.compile_limits.memory_kb)
+}
+
+/// The run command of `job`: the language's template expanded with the
+/// run memory limit, then the job's arguments.
+fn run_argv(job: &PreparedJob) -> Vec<String> {
+    let mut argv = language::expand(job.language.run, &job.sources(), job.limits.memory_kb);
+    argv.extend(job.args.iter().cloned());
+    argv
 }
 
 /// One process to start and supervise.
@@ -212,6 +235,35 @@ pub fn signal_name(sig: i32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn prepared(line: &str) -> PreparedJob {
+        job::parse(line.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn commands_use_the_right_memory_limit_and_append_args() {
+        let job = prepared(
+            r#"{"id":"5f0c6d1e-6a53-4f43-9a1d-0c8b2a1e9f10","language":"java",
+                "files":[{"content":""},{"name":"Util.java","content":""}],
+                "args":["x","y z"],"limits":{"memory_kb":131072},
+                "compile_limits":{"memory_kb":524288}}"#,
+        );
+        let compile = compile_argv(&job, job.language.compile.unwrap());
+        assert!(compile.contains(&"-J-Xmx512m".to_string()), "{compile:?}");
+        assert_eq!(&compile[compile.len() - 2..], ["Main.java", "Util.java"]);
+        let run = run_argv(&job);
+        assert!(run.contains(&"-Xmx128m".to_string()), "{run:?}");
+        assert_eq!(&run[run.len() - 3..], ["Main", "x", "y z"]);
+    }
+
+    #[test]
+    fn python_runs_its_entry_point() {
+        let job = prepared(
+            r#"{"id":"5f0c6d1e-6a53-4f43-9a1d-0c8b2a1e9f10","language":"py",
+                "files":[{"name":"app.py","content":""},{"name":"lib.py","content":""}]}"#,
+        );
+        assert_eq!(run_argv(&job), ["/usr/bin/python3", "-B", "app.py"]);
+    }
 
     #[test]
     fn signals_are_named() {
