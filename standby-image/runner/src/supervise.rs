@@ -141,8 +141,11 @@ pub fn supervise(
     let (stop, exited_at) = watch_until_end(pid, started, watch, &exit, &mut streams)?;
     // Still unreaped, the program's pid holds its process group id, so the
     // group cannot be a stranger's. A program that ended on its own needs
-    // no /proc scan: whatever it left is now our child (see `reaper`).
-    reaper::kill_everything(Some(pid), watch.dedicated_uid, stop.is_some());
+    // neither the /proc scan nor the kill-as-uid helper here: whatever it
+    // left is now our child, and `reap_all` uses both if any child remains
+    // (see `reaper`).
+    let stopped = stop.is_some();
+    reaper::kill_everything(Some(pid), watch.dedicated_uid.filter(|_| stopped), stopped);
     let exited_at = match exited_at {
         Some(t) => t,
         None => exit.wait(SETTLE_TIMEOUT)?,
