@@ -18,6 +18,12 @@ rabbitmq: ## make sure RabbitMQ answers on $$AMQP_URL (starts or installs it)
 run: ## start RabbitMQ, pod-manager (local backend) and api-server in the foreground; Ctrl-C stops both
 	scripts/run.sh
 
+.PHONY: run-pod-manager
+run-pod-manager: ## start RabbitMQ and pod-manager alone (local backend, env defaults) in the foreground
+	scripts/ensure-rabbitmq.sh
+	$(CARGO) build -p warmpod-runner -p pod-manager
+	"$${CARGO_TARGET_DIR:-target}/debug/pod-manager"
+
 build: ## build every crate (debug)
 	$(CARGO) build --workspace --all-targets
 

@@ -23,7 +23,7 @@ async fn main() {
     match outcome {
         Ok(()) => tracing::info!("pod-manager stopped"),
         Err(e) => {
-            tracing::error!(error.cause_chain = ?e, error.message = %e, "pod-manager failed");
+            tracing::error!(error.cause_chain = ?e, error.message = %format!("{e:#}"), "pod-manager failed");
             std::process::exit(1);
         }
     }

@@ -55,7 +55,10 @@ const STDERR_TAIL_BYTES: usize = 16 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A binary or directory it needs is missing or unusable.
-    #[error("{what} {path}: {source}")]
+    #[error(
+        "{what} {path} is unusable (build the runner with `cargo build -p warmpod-runner`, \
+         or set WARMPOD_RUNNER_PATH / WARMPOD_BWRAP; `make deps` installs bubblewrap)"
+    )]
     Missing {
         /// What it is.
         what: &'static str,
@@ -67,7 +70,7 @@ pub enum StartError {
     },
     /// The first sandbox did not come up (bubblewrap or user namespaces
     /// unusable, runner broken).
-    #[error("the first sandbox did not start: {0}")]
+    #[error("the first sandbox did not start")]
     FirstSandbox(#[source] Error),
 }
 

@@ -118,6 +118,38 @@ async fn shutdown_leaves_no_process_or_cgroup_behind() {
         "bwrap, its init and the runner per sandbox: {sandboxes:?}"
     );
     let had_cgroups = !cgroups_of(me as i32).is_empty();
+    // Each sandbox sits in its own cgroup with the configured limits.
+    let mut limited = 0;
+    for parent in cgroups_of(me as i32) {
+        for sandbox in std::fs::read_dir(&parent).unwrap().flatten() {
+            let dir = sandbox.path();
+            if !dir.is_dir() {
+                continue;
+            }
+            assert!(
+                !std::fs::read_to_string(dir.join("cgroup.procs"))
+                    .unwrap()
+                    .trim()
+                    .is_empty(),
+                "empty sandbox cgroup {}",
+                dir.display()
+            );
+            for (file, want) in [
+                ("memory.limit_in_bytes", (3072u64 << 20).to_string()),
+                ("memory.max", (3072u64 << 20).to_string()),
+                ("pids.max", "1024".to_string()),
+            ] {
+                if let Ok(got) = std::fs::read_to_string(dir.join(file)) {
+                    assert_eq!(got.trim(), want, "{}/{file}", dir.display());
+                    limited += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        !had_cgroups || limited >= 3,
+        "no limits found in the sandbox cgroups"
+    );
     pool.shutdown().await;
     for pid in sandboxes {
         assert!(!alive(pid), "sandbox process {pid} survived shutdown");
