@@ -75,3 +75,32 @@ async fn broker_down_answers_503_and_is_not_ready() {
     assert!(r.headers().contains_key("retry-after"));
     assert_eq!(r.json::<Value>().await.unwrap()["code"], "unavailable");
 }
+
+#[tokio::test]
+async fn reconnects_after_losing_the_broker() {
+    let proxy = crate::helpers::BrokerProxy::start().await;
+    let app = spawn_app_with(Options {
+        amqp_url: Some(proxy.amqp_url.clone()),
+        ..Options::default()
+    })
+    .await;
+    app.wait_ready(0).await;
+    assert_eq!(
+        app.run(&job("python", "print('before')")).await["stdout"],
+        "before\n"
+    );
+
+    proxy.set_down(true);
+    app.wait_readiness(0, 503).await;
+    let r = app
+        .post_json("/v1/executions", &job("python", "print(1)"))
+        .await;
+    assert_eq!(r.status(), 503, "no 2xx without the broker");
+
+    proxy.set_down(false);
+    app.wait_ready(0).await;
+    assert_eq!(
+        app.run(&job("python", "print('after')")).await["stdout"],
+        "after\n"
+    );
+}

@@ -142,3 +142,45 @@ async fn any_replica_serves_state_and_failed_callbacks_are_retried() {
         "retries resend the same body"
     );
 }
+
+async fn refused(app: &TestApp) -> u64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with("warmpod_api_callbacks_total{outcome=\"refused\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn names_resolving_to_private_addresses_are_refused_at_delivery() {
+    let app = crate::helpers::spawn_app().await;
+    let mut receiver = Receiver::start(vec![]);
+    // This machine's own name passes the submission check (it is not an
+    // address) but resolves to a private or loopback address.
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    let port = receiver.url.rsplit(':').next().unwrap().to_string();
+    let mut body = job("python", "print(1)");
+    body["callback_url"] = json!(format!("http://{host}:{port}/hook"));
+
+    let done = app.run(&body).await;
+    assert_eq!(done["status"], "accepted");
+
+    let deadline = Instant::now() + DEADLINE;
+    while refused(&app).await < 1 {
+        assert!(Instant::now() < deadline, "the callback was never refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        receiver.drain().is_empty(),
+        "nothing reached the private address"
+    );
+}

@@ -259,19 +259,7 @@ impl TestApp {
 
     /// Waits until replica `i` answers `/readyz` with 200.
     pub async fn wait_ready(&self, i: usize) {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Ok(r) = self.client.get(self.url_at(i, "/readyz")).send().await
-                && r.status() == 200
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "api-server {i} never became ready"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.wait_readiness(i, 200).await;
     }
 
     /// POSTs JSON to replica 0.
@@ -522,4 +510,81 @@ pub async fn read_sse(response: reqwest::Response) -> Vec<(String, Value)> {
         .await
         .expect("SSE stream ended within the deadline");
     events
+}
+
+/// A TCP proxy in front of RabbitMQ that a test can take down (cutting
+/// every connection and refusing new ones) and bring back.
+pub struct BrokerProxy {
+    /// The proxy's `AMQP_URL`.
+    pub amqp_url: String,
+    down: tokio::sync::watch::Sender<bool>,
+}
+
+impl BrokerProxy {
+    /// Starts forwarding to the broker of [`amqp_url`].
+    pub async fn start() -> Self {
+        let url = amqp_url();
+        let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+        let (creds, rest) = rest.rsplit_once('@').unwrap_or(("guest:guest", rest));
+        let (hostport, vhost) = rest.split_once('/').unwrap_or((rest, "%2f"));
+        let upstream = if hostport.contains(':') {
+            hostport.to_string()
+        } else {
+            format!("{hostport}:5672")
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let (down, down_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if *down_rx.borrow() {
+                    continue; // dropped: refused while down
+                }
+                let upstream = upstream.clone();
+                let mut down_rx = down_rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = down_rx.wait_for(|d| *d) => {}
+                    }
+                });
+            }
+        });
+        Self {
+            amqp_url: format!("amqp://{creds}@127.0.0.1:{port}/{vhost}"),
+            down,
+        }
+    }
+
+    /// Cuts every connection and refuses new ones (`true`), or accepts again.
+    pub fn set_down(&self, down: bool) {
+        self.down.send_replace(down);
+    }
+}
+
+impl TestApp {
+    /// Waits until replica `i`'s `/readyz` answers `status`.
+    pub async fn wait_readiness(&self, i: usize, status: u16) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Ok(r) = self.client.get(self.url_at(i, "/readyz")).send().await
+                && r.status() == status
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/readyz of replica {i} never answered {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }

@@ -240,3 +240,28 @@ async fn metadata_routes_answer_like_judge0() {
     );
     assert_eq!(config["max_memory_limit"], 2_097_152, "KB");
 }
+
+#[tokio::test]
+async fn callbacks_put_the_finished_submission() {
+    let app = crate::helpers::spawn_app_with(
+        crate::helpers::Options::default().env("WARMPOD_CALLBACK_ALLOW_PRIVATE", "true"),
+    )
+    .await;
+    let mut receiver = crate::helpers::Receiver::start(vec![]);
+
+    let r = app
+        .post_json(
+            "/submissions",
+            &json!({"source_code": "print('cb')", "language_id": 71, "callback_url": receiver.url}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let token = r.json::<Value>().await.unwrap()["token"].clone();
+
+    let req = receiver.next().await;
+    assert_eq!(req.method, "PUT", "Judge0 PUTs callbacks");
+    let body = req.json();
+    assert_eq!(body["token"], token);
+    assert_eq!(body["stdout"], "cb\n");
+    assert_eq!(body["status"], json!({"id": 3, "description": "Accepted"}));
+}

@@ -11,3 +11,4 @@ mod judge0;
 mod stream;
 mod v1;
 mod validation;
+mod waiting;
