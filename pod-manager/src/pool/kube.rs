@@ -126,6 +126,8 @@ pub const DEFAULT_EXEC_GRACE: Duration = Duration::from_secs(10);
 /// Default janitor age: the longest job (60 s run + 60 s compile at the
 /// protocol maxima) plus the grace, with a wide margin.
 pub const DEFAULT_JANITOR_MAX_AGE: Duration = Duration::from_secs(300);
+/// Standby pods asked for the runtime versions before giving up.
+const VERSIONS_TRIES: usize = 3;
 /// Default janitor period.
 pub const DEFAULT_JANITOR_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -402,29 +404,43 @@ impl WarmPool for KubePool {
 
     async fn runtime_versions(&self) -> Result<BTreeMap<String, String>> {
         // `--versions` runs beside the idle main process of a ready standby
-        // pod and leaves nothing behind, so the pod stays in the pool.
-        let pod = self
-            .inner
-            .standby
-            .wait_any_ready(&self.inner.shutdown)
-            .await?;
+        // pod and leaves nothing behind, so the pod stays in the pool. The
+        // pod may be claimed and deleted meanwhile: then ask another one.
         let mut command = self.inner.cfg.runner_command.clone();
         command.push("--versions".into());
-        self.inner.metrics.api_call("exec");
-        let out = exec::run_command(
-            &self.inner.pods,
-            &pod,
-            &self.inner.cfg.container,
-            &command,
-            exec::VERSIONS_DEADLINE,
-        )
-        .await
-        .map_err(|e| e.into_pool_error(exec::VERSIONS_DEADLINE))?;
-        serde_json::from_str(out.trim()).map_err(|e| {
-            Error::Protocol(format!(
-                "`warmpod-runner --versions` in pod {pod} printed no JSON object: {e}"
-            ))
-        })
+        let mut last = None;
+        for _ in 0..VERSIONS_TRIES {
+            let pod = self
+                .inner
+                .standby
+                .wait_any_ready(&self.inner.shutdown)
+                .await?;
+            self.inner.metrics.api_call("exec");
+            let out = exec::run_command(
+                &self.inner.pods,
+                &pod,
+                &self.inner.cfg.container,
+                &command,
+                exec::VERSIONS_DEADLINE,
+            )
+            .await;
+            let parsed = match out {
+                Ok(out) => serde_json::from_str(out.trim()).map_err(|e| {
+                    Error::Protocol(format!(
+                        "`warmpod-runner --versions` in pod {pod} printed no JSON object: {e}"
+                    ))
+                }),
+                Err(e) => Err(e.into_pool_error(exec::VERSIONS_DEADLINE)),
+            };
+            match parsed {
+                Ok(versions) => return Ok(versions),
+                Err(e) => {
+                    debug!(%pod, error = %e, "reading runtime versions failed; trying another pod");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or(Error::Closed))
     }
 
     async fn shutdown(&self) {

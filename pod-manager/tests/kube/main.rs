@@ -12,3 +12,4 @@ mod janitor;
 mod lifecycle;
 mod race;
 mod scaler;
+mod service;
