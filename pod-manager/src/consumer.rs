@@ -233,8 +233,16 @@ impl<P: WarmPool> Consumer<P> {
             )
             .await
             .map_err(|e| format!("starting the consumer: {e}"))?;
+        // A channel closed by a channel-level error leaves the connection
+        // up; check both channels now and then and reconnect if one died.
+        let mut health = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
+                _ = health.tick() => {
+                    if !broker.consume.status().connected() || !broker.publisher.is_open() {
+                        return Err("a channel closed".into());
+                    }
+                }
                 () = self.ctx.shutdown.cancelled() => {
                     let _ = broker.consume.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
                     return Ok(());

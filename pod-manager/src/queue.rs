@@ -208,6 +208,11 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// Whether the publish channel is still open.
+    pub fn is_open(&self) -> bool {
+        self.channel.status().connected()
+    }
+
     /// Publishes `event` (persistent, routing key from the event) and waits
     /// until the broker confirms it.
     ///

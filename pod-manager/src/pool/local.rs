@@ -620,20 +620,33 @@ impl Inner {
 /// Keeps `pool_size` sandboxes ready or starting, each start in its own
 /// task, with back-off after failures.
 async fn refill(inner: Arc<Inner>) {
+    // Consecutive failed start-ups, and whether one was reported since the
+    // last pause: the pause doubles with each failure (0.2 s .. 6.4 s) and
+    // resets after a success.
     let mut failures = 0u32;
+    let mut pause_due = false;
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
+    let record = |ok: bool, failures: &mut u32, pause_due: &mut bool| {
+        if ok {
+            *failures = 0;
+        } else {
+            *failures += 1;
+            *pause_due = true;
+        }
+    };
     loop {
         while let Ok(ok) = done_rx.try_recv() {
-            failures = if ok { 0 } else { failures + 1 };
+            record(ok, &mut failures, &mut pause_due);
         }
         if inner.closed.load(Ordering::SeqCst) {
             return;
         }
-        if failures > 0 {
+        if pause_due {
+            pause_due = false;
             let pause = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
             tracing::warn!(failures, ?pause, "sandbox start-ups failing; backing off");
             tokio::time::sleep(pause).await;
-            failures = 0;
+            continue;
         }
         if inner.ready_and_starting() < inner.cfg.pool_size
             && let Some(slot) = inner.take_slot()
@@ -644,7 +657,7 @@ async fn refill(inner: Arc<Inner>) {
         }
         tokio::select! {
             () = inner.refill.notified() => {}
-            Some(ok) = done_rx.recv() => failures = if ok { 0 } else { failures + 1 },
+            Some(ok) = done_rx.recv() => record(ok, &mut failures, &mut pause_due),
         }
     }
 }
