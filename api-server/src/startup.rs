@@ -84,6 +84,26 @@ impl Application {
     }
 }
 
+/// Logs each request once it is answered (not the probes): method, path,
+/// status, latency.
+async fn access_log(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let quiet = matches!(req.path(), "/healthz" | "/readyz" | "/metrics" | "/health");
+    let (method, path) = (req.method().clone(), req.path().to_string());
+    let started = std::time::Instant::now();
+    let response = next.call(req).await;
+    if !quiet {
+        let status = match &response {
+            Ok(r) => r.status().as_u16(),
+            Err(e) => e.as_response_error().status_code().as_u16(),
+        };
+        tracing::info!(%method, %path, status, latency_ms = started.elapsed().as_millis() as u64, "request");
+    }
+    response
+}
+
 fn server(
     listener: TcpListener,
     core: Core,
@@ -99,12 +119,14 @@ fn server(
             .app_data(
                 web::JsonConfig::default()
                     .limit(body_limit)
+                    .content_type_required(false)
                     .error_handler(|e, _| json_error(e).into()),
             )
             .app_data(web::PayloadConfig::default().limit(body_limit))
             .app_data(web::QueryConfig::default().error_handler(|e, _| query_error(e).into()))
             .app_data(web::PathConfig::default().error_handler(|e, _| path_error(e).into()))
             .wrap(from_fn(auth::guard))
+            .wrap(from_fn(access_log))
             .configure(routes::configure)
             .default_service(web::to(|req: actix_web::HttpRequest| async move {
                 Err::<actix_web::HttpResponse, _>(ApiError::NotFound(format!(

@@ -243,19 +243,24 @@ impl Core {
         Ok(id)
     }
 
-    /// Validates every submission first, then publishes them in order.
+    /// Validates every submission first, then publishes them in order;
+    /// `field` is the request's name for the list (for error fields).
     ///
     /// # Errors
     /// 422 when there are more than the configured maximum; the first
-    /// validation error (its field prefixed with `submissions[i].`); 429 or
+    /// validation error (its field prefixed with `<field>[i].`); 429 or
     /// 503 from publishing.
-    pub async fn submit_batch(&self, batch: Vec<Submission>) -> Result<Vec<Uuid>, ApiError> {
-        self.check_batch_size(batch.len())?;
+    pub async fn submit_batch(
+        &self,
+        field: &str,
+        batch: Vec<Submission>,
+    ) -> Result<Vec<Uuid>, ApiError> {
+        self.check_batch_size(field, batch.len())?;
         let mut checked = Vec::with_capacity(batch.len());
         for (i, s) in batch.into_iter().enumerate() {
             checked.push(
                 self.validate(s)
-                    .map_err(|e| prefix_field(e, &format!("submissions[{i}]")))?,
+                    .map_err(|e| prefix_field(e, &format!("{field}[{i}]")))?,
             );
         }
         let mut ids = Vec::with_capacity(checked.len());
@@ -265,14 +270,14 @@ impl Core {
         Ok(ids)
     }
 
-    /// 422 unless `n` is between 1 and the configured maximum.
+    /// 422 (naming `field`) unless `n` is between 1 and the configured maximum.
     ///
     /// # Errors
     /// As described.
-    pub fn check_batch_size(&self, n: usize) -> Result<(), ApiError> {
+    pub fn check_batch_size(&self, field: &str, n: usize) -> Result<(), ApiError> {
         if n == 0 || n > self.config.max_batch {
             return Err(ApiError::invalid(
-                "submissions",
+                field,
                 format!("a batch holds 1 to {} jobs, not {n}", self.config.max_batch),
             ));
         }

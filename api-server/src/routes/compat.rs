@@ -233,7 +233,7 @@ pub async fn submit_batch(
     body: web::Json<BatchRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let items = body.into_inner().submissions;
-    core.check_batch_size(items.len())?;
+    core.check_batch_size("submissions", items.len())?;
     let mut batch = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         let prefix = format!("submissions[{i}]");
@@ -261,7 +261,7 @@ pub async fn submit_batch(
         };
         batch.push(s);
     }
-    let tokens: Vec<Uuid> = core.submit_batch(batch).await?;
+    let tokens: Vec<Uuid> = core.submit_batch("submissions", batch).await?;
     Ok(HttpResponse::Accepted().json(json!({ "tokens": tokens })))
 }
 

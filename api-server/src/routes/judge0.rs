@@ -345,7 +345,7 @@ pub async fn create_batch(
     body: web::Json<BatchRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let requests = body.into_inner().submissions;
-    core.check_batch_size(requests.len())?;
+    core.check_batch_size("submissions", requests.len())?;
     let mut out = Vec::with_capacity(requests.len());
     for r in requests {
         let checked = r
@@ -409,7 +409,7 @@ pub async fn get_batch(
     if tokens.is_empty() {
         return Err(ApiError::bad_request(Some("tokens"), "tokens is required"));
     }
-    core.check_batch_size(tokens.len()).map_err(|_| {
+    core.check_batch_size("tokens", tokens.len()).map_err(|_| {
         ApiError::invalid(
             "tokens",
             format!("at most {} tokens", core.config.max_batch),

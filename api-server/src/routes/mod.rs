@@ -26,7 +26,10 @@ use utoipa::OpenApi;
         compat::execute, compat::lang, compat::submit_batch, compat::health,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
-    components(schemas(crate::error::ErrorBody, crate::view::ExecutionView, crate::view::ResultView)),
+    components(schemas(
+        crate::error::ErrorBody, crate::view::ExecutionView, crate::view::ResultView,
+        stream::ClientMessage, stream::ServerMessage,
+    )),
     modifiers(&BearerAuth),
     security(("bearer" = []), ("x_auth_token" = [])),
 )]

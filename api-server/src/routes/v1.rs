@@ -223,7 +223,7 @@ pub async fn create(
     responses(
         (status = 202, description = "All queued", body = BatchAccepted),
         (status = 400, body = ErrorBody), (status = 413, body = ErrorBody),
-        (status = 422, description = "Batch too large or a job invalid (field `submissions[i].…`)", body = ErrorBody),
+        (status = 422, description = "Batch too large or a job invalid (field `executions[i].…`)", body = ErrorBody),
         (status = 429, body = ErrorBody), (status = 503, body = ErrorBody),
     )
 )]
@@ -232,15 +232,15 @@ pub async fn create_batch(
     body: web::Json<BatchRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let requests = body.into_inner().executions;
-    core.check_batch_size(requests.len())?;
+    core.check_batch_size("executions", requests.len())?;
     let mut batch = Vec::with_capacity(requests.len());
     for (i, r) in requests.into_iter().enumerate() {
         batch.push(
             r.into_submission(Api::V1)
-                .map_err(|e| crate::submit::prefix_field(e, &format!("submissions[{i}]")))?,
+                .map_err(|e| crate::submit::prefix_field(e, &format!("executions[{i}]")))?,
         );
     }
-    let ids = core.submit_batch(batch).await?;
+    let ids = core.submit_batch("executions", batch).await?;
     Ok(HttpResponse::Accepted().json(BatchAccepted { ids }))
 }
 

@@ -128,7 +128,7 @@ async fn malformed_bodies_batches_and_ids_are_refused() {
         )
         .await;
     assert_eq!(r.status(), 422, "batch too large");
-    assert_eq!(r.json::<Value>().await.unwrap()["field"], "submissions");
+    assert_eq!(r.json::<Value>().await.unwrap()["field"], "executions");
 
     let r = app
         .post_json(
@@ -139,7 +139,7 @@ async fn malformed_bodies_batches_and_ids_are_refused() {
     assert_eq!(r.status(), 422, "a bad job in a batch");
     assert_eq!(
         r.json::<Value>().await.unwrap()["field"],
-        "submissions[1].language"
+        "executions[1].language"
     );
 
     for path in [
