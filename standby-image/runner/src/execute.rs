@@ -86,30 +86,45 @@ impl<L: Launcher> Runner<L> {
         let dir = match WorkDir::create(&self.work_root, job.id, owner, &job.files) {
             Ok(dir) => dir,
             Err(e) => {
-                return JobResult::internal_error(
-                    job.id,
-                    format!("creating the work directory failed: {e}"),
-                );
+                let message = format!("creating the work directory failed: {e}");
+                return JobResult::internal_error(job.id, message);
             }
         };
-        let mut compile_output = String::new();
-        if let Some(template) = job.language.compile {
-            let argv = compile_argv(job, template);
-            let step = Step {
-                argv: &argv,
-                limits: &job.compile_limits,
-                stdin: b"",
-                merge_output: true,
-            };
-            let outcome = match self.step(job, &dir, &step) {
-                Ok(o) => o,
-                Err(message) => return JobResult::internal_error(job.id, message),
-            };
-            compile_output = String::from_utf8_lossy(&outcome.stdout.bytes).into_owned();
-            if let Some(result) = compile_failure(job, &outcome, &compile_output) {
-                return result;
-            }
+        let compile_output = match self.compile(job, &dir) {
+            Ok(output) => output,
+            Err(failure) => return *failure,
+        };
+        let mut result = self.execute(job, &dir);
+        result.compile_output = compile_output;
+        result
+        // `dir` is removed here, after every process of the job is gone.
+    }
+
+    /// The compile step, for compiled languages: the compiler's output, or
+    /// the final result when compiling failed.
+    fn compile(&self, job: &PreparedJob, dir: &WorkDir) -> Result<String, Box<JobResult>> {
+        let Some(template) = job.language.compile else {
+            return Ok(String::new());
+        };
+        let argv = compile_argv(job, template);
+        let step = Step {
+            argv: &argv,
+            limits: &job.compile_limits,
+            stdin: b"",
+            merge_output: true,
+        };
+        let outcome = self
+            .step(job, dir, &step)
+            .map_err(|message| Box::new(JobResult::internal_error(job.id, message)))?;
+        let output = String::from_utf8_lossy(&outcome.stdout.bytes).into_owned();
+        match compile_failure(job, &outcome, &output) {
+            Some(failure) => Err(Box::new(failure)),
+            None => Ok(output),
         }
+    }
+
+    /// The run step and its verdict.
+    fn execute(&self, job: &PreparedJob, dir: &WorkDir) -> JobResult {
         let argv = run_argv(job);
         let step = Step {
             argv: &argv,
@@ -117,15 +132,13 @@ impl<L: Launcher> Runner<L> {
             stdin: job.stdin.as_bytes(),
             merge_output: false,
         };
-        let mut result = match self.step(job, &dir, &step) {
+        match self.step(job, dir, &step) {
             Ok(outcome) => {
                 let verdict = classify::classify(&outcome, job.language, &job.limits);
                 run_result(job.id, &outcome, verdict)
             }
             Err(message) => JobResult::internal_error(job.id, message),
-        };
-        result.compile_output = compile_output;
-        result
+        }
     }
 
     /// Tasks the program's uid will run besides the program: none for a
