@@ -384,9 +384,8 @@ impl WarmPool for KubePool {
         let inner = &self.inner;
         inner.claimed.fetch_sub(1, Ordering::Relaxed);
         inner.metrics.phase("destroy", started.elapsed());
-        inner
-            .metrics
-            .job_done(sandbox.api_calls, sandbox.claimed_at.elapsed());
+        inner.metrics.phase("held", sandbox.claimed_at.elapsed());
+        inner.metrics.job_done(sandbox.api_calls);
         debug!(pod = %sandbox.name, job = %sandbox.job, api_calls = sandbox.api_calls, "destroyed");
     }
 

@@ -114,7 +114,7 @@ impl KubeMetrics {
     }
 
     /// A job finished after `calls` API calls.
-    pub fn job_done(&self, calls: u32, _total: Duration) {
+    pub fn job_done(&self, calls: u32) {
         self.calls_per_job.observe(f64::from(calls));
     }
 
