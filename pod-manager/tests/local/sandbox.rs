@@ -300,3 +300,83 @@ async fn every_language_runs_inside_a_sandbox() {
     }
     pool.shutdown().await;
 }
+
+/// A pool whose cgroup limits are far below what the job may ask for, so
+/// the cgroup (not the runner) stops the program.
+async fn tight_pool(memory_mb: &str, pids: &str) -> LocalPool {
+    crate::helpers::init_logs();
+    let cfg = test_config(
+        &unique_prefix(),
+        &[
+            ("WARMPOD_POOL_SIZE", "1"),
+            ("WARMPOD_SANDBOX_MEMORY_MB", memory_mb),
+            ("WARMPOD_SANDBOX_PIDS_MAX", pids),
+        ],
+    );
+    LocalPool::start(cfg.local)
+        .await
+        .expect("local pool starts")
+}
+
+/// Runs `j`, destroys the sandbox and checks nothing of it is left.
+async fn run_and_destroy(pool: &LocalPool, j: &warmpod_protocol::Job) -> Option<JobResult> {
+    let mut claimed = pool.claim(j.id).await.unwrap();
+    let result = pool.run(&mut claimed.sandbox, j).await.ok();
+    let inside = claimed.sandbox.cgroup_pids();
+    pool.destroy(claimed.sandbox).await;
+    for pid in inside {
+        assert!(!alive(pid as u32), "process {pid} survived destroy");
+    }
+    result
+}
+
+#[tokio::test]
+async fn the_cgroup_memory_limit_is_the_outer_net() {
+    let pool = tight_pool("96", "1024").await;
+    if pool.stats().ready == 0 {
+        wait_until("a ready sandbox", Duration::from_secs(30), || {
+            pool.stats().ready > 0
+        })
+        .await;
+    }
+    let mut j = job(
+        "python",
+        "b = []\nfor _ in range(40):\n    b.append(bytearray(16 * 1024 * 1024))\nprint('allocated', len(b))",
+    );
+    j.limits.memory_kb = Some(1_048_576);
+    let r = run_and_destroy(&pool, &j).await;
+    eprintln!(
+        "outcome: {:?}",
+        r.as_ref().map(|r| (r.status, r.signal, &r.message))
+    );
+    if let Some(r) = &r {
+        assert_ne!(
+            r.status,
+            Status::Accepted,
+            "640 MiB fit in a 96 MiB cgroup: {r:?}"
+        );
+    }
+    // The pool goes on with fresh sandboxes.
+    let ok = run_python(&pool, "print('next')").await;
+    assert_eq!(ok.stdout.trim(), "next", "{ok:?}");
+    pool.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_fork_bomb_is_capped_by_the_cgroup_and_fully_killed() {
+    let pool = tight_pool("3072", "48").await;
+    let mut j = job("bash", "bomb() { bomb | bomb & }; bomb\nsleep 5");
+    j.limits.max_processes = Some(512);
+    j.limits.wall_time_ms = Some(2_000);
+    let r = run_and_destroy(&pool, &j).await;
+    eprintln!(
+        "outcome: {:?}",
+        r.as_ref().map(|r| (r.status, r.signal, &r.message))
+    );
+    if let Some(r) = &r {
+        assert_ne!(r.status, Status::Accepted, "{r:?}");
+    }
+    let ok = run_python(&pool, "print('next')").await;
+    assert_eq!(ok.stdout.trim(), "next", "{ok:?}");
+    pool.shutdown().await;
+}
