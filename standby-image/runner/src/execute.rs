@@ -66,6 +66,16 @@ impl Runner<ForkExec> {
 }
 
 impl<L: Launcher> Runner<L> {
+    /// The same runner starting programs with `launcher` instead (e.g.
+    /// pre-started interpreters); supervision and verdicts are unchanged.
+    pub fn with_launcher<M: Launcher>(self, launcher: M) -> Runner<M> {
+        Runner {
+            identity: self.identity,
+            work_root: self.work_root,
+            launcher,
+        }
+    }
+
     /// The uid programs run as.
     pub fn program_uid(&self) -> u32 {
         self.identity.uid()
@@ -276,6 +286,37 @@ mod tests {
                 "files":[{"name":"app.py","content":""},{"name":"lib.py","content":""}]}"#,
         );
         assert_eq!(run_argv(&job), ["/usr/bin/python3", "-B", "app.py"]);
+    }
+
+    /// Delegates to [`ForkExec`], recording every command.
+    #[derive(Default)]
+    struct Recording(std::sync::Mutex<Vec<Vec<String>>>);
+
+    impl Launcher for &Recording {
+        fn launch(&self, spec: &LaunchSpec<'_>) -> io::Result<crate::spawn::Launched> {
+            self.0.lock().unwrap().push(spec.argv.to_vec());
+            ForkExec.launch(spec)
+        }
+    }
+
+    #[test]
+    fn another_launcher_slots_in_for_both_steps() {
+        let work = tempfile::tempdir().unwrap();
+        let locks = tempfile::tempdir().unwrap();
+        let recording = Recording::default();
+        let runner = Runner::start(None, locks.path(), work.path().to_path_buf())
+            .unwrap()
+            .with_launcher(&recording);
+        let result = runner.run_line(
+            br#"{"id":"5f0c6d1e-6a53-4f43-9a1d-0c8b2a1e9f10","language":"c",
+                 "files":[{"content":"int main(void) { return 7; }"}]}"#,
+        );
+        assert_eq!(result.status, Status::RuntimeError, "{result:?}");
+        assert_eq!(result.exit_code, Some(7));
+        let commands = recording.0.lock().unwrap();
+        assert_eq!(commands.len(), 2, "compile and run: {commands:?}");
+        assert_eq!(commands[0][0], "/usr/bin/gcc");
+        assert_eq!(commands[1], ["./main"]);
     }
 
     #[test]

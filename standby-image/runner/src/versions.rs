@@ -17,7 +17,7 @@ pub const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
 /// or silent are left out.
 pub fn versions() -> BTreeMap<&'static str, String> {
     let (tx, rx) = mpsc::channel();
-    let mut pids = Vec::new();
+    let mut running = Vec::new();
     for lang in LANGUAGES {
         let Ok(child) = Command::new(lang.version_command[0])
             .args(&lang.version_command[1..])
@@ -28,13 +28,14 @@ pub fn versions() -> BTreeMap<&'static str, String> {
         else {
             continue;
         };
-        pids.push(child.id());
+        running.push((lang.key, child.id()));
         let tx = tx.clone();
         thread::spawn(move || {
-            if let Ok(out) = child.wait_with_output() {
-                let line = first_line(&out.stdout).or_else(|| first_line(&out.stderr));
-                let _ = tx.send((lang.key, line));
-            }
+            let line = child
+                .wait_with_output()
+                .ok()
+                .and_then(|out| first_line(&out.stdout).or_else(|| first_line(&out.stderr)));
+            let _ = tx.send((lang.key, line));
         });
     }
     drop(tx);
@@ -42,12 +43,13 @@ pub fn versions() -> BTreeMap<&'static str, String> {
     let mut found = BTreeMap::new();
     while let Ok((key, line)) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
     {
+        running.retain(|(k, _)| *k != key);
         if let Some(line) = line {
             found.insert(key, line);
         }
     }
-    for pid in pids {
-        // Only still-running ones matter; the others are reaped already.
+    // Whatever has not answered by the deadline is still unreaped: kill it.
+    for (_, pid) in running {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGKILL,
