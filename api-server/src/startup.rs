@@ -127,6 +127,8 @@ fn server(
             .app_data(web::PathConfig::default().error_handler(|e, _| path_error(e).into()))
             .wrap(from_fn(auth::guard))
             .wrap(from_fn(access_log))
+            // Judge0 clients often call `/submissions/?wait=true`.
+            .wrap(actix_web::middleware::NormalizePath::trim())
             .configure(routes::configure)
             .default_service(web::to(|req: actix_web::HttpRequest| async move {
                 Err::<actix_web::HttpResponse, _>(ApiError::NotFound(format!(

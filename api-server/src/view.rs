@@ -205,6 +205,7 @@ pub const JUDGE0_ALL_FIELDS: &[&str] = &[
     "enable_network",
     "status",
     "language",
+    "post_execution_filesystem",
 ];
 
 /// Judge0's default fields of `GET /submissions/{token}`.
