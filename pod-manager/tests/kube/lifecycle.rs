@@ -227,3 +227,25 @@ async fn claims_fail_once_the_pool_shuts_down() {
         Err(pod_manager::pool::Error::Closed)
     ));
 }
+
+#[tokio::test]
+async fn a_large_result_crosses_many_frames_intact() {
+    let fake = fake(FakeOptions::default()).await;
+    let (pool, _) = pool(&fake, "manager-1").await;
+    let mut job = python("import sys\nsys.stdout.write('ab' * 1_500_000)", 10_000);
+    job.limits.max_output_bytes = Some(4 * 1024 * 1024);
+
+    let mut sandbox = pool.claim(job.id).await.unwrap().sandbox;
+    let result = pool.run(&mut sandbox, &job).await.expect("run");
+    pool.destroy(sandbox).await;
+
+    assert_eq!(result.status, Status::Accepted, "{}", result.stderr);
+    assert_eq!(result.stdout.len(), 3_000_000);
+    assert!(
+        result
+            .stdout
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| b == if i % 2 == 0 { b'a' } else { b'b' })
+    );
+}
