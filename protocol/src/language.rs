@@ -162,7 +162,13 @@ pub static LANGUAGES: &[Language] = &[
         memory: MemoryModel::RuntimeHeap {
             overhead_kb: 3 * 1024 * 1024,
         },
-        oom_markers: &["java.lang.OutOfMemoryError"],
+        // Not "unable to create native thread": that is the process limit.
+        oom_markers: &[
+            "java.lang.OutOfMemoryError: Java heap space",
+            "java.lang.OutOfMemoryError: GC overhead limit exceeded",
+            "java.lang.OutOfMemoryError: Metaspace",
+            "java.lang.OutOfMemoryError: Requested array size exceeds VM limit",
+        ],
     },
     Language {
         key: "bash",
@@ -311,6 +317,17 @@ mod tests {
             expand(py.run, &["main.py"], 1),
             ["/usr/bin/python3", "-B", "main.py"]
         );
+    }
+
+    #[test]
+    fn java_heap_exhaustion_is_out_of_memory_but_a_thread_limit_is_not() {
+        let java = Language::find("java").unwrap();
+        assert!(java.looks_out_of_memory(
+            "Exception in thread \"main\" java.lang.OutOfMemoryError: Java heap space"
+        ));
+        assert!(!java.looks_out_of_memory(
+            "java.lang.OutOfMemoryError: unable to create native thread: possibly out of memory or process/resource limits reached"
+        ));
     }
 
     #[test]
