@@ -152,6 +152,19 @@ fn javascript_heap_exhaustion() {
 }
 
 #[test]
+fn java_heap_exhaustion() {
+    let code = "import java.util.*;\n\
+                public class Main { public static void main(String[] a) {\n\
+                  List<long[]> l = new ArrayList<>(); while (true) l.add(new long[1 << 20]);\n\
+                } }";
+    let result = job("java", code)
+        .limits(json!({ "memory_kb": 65536 }))
+        .run();
+    assert_status(&result, Status::MemoryLimitExceeded);
+    assert!(result.stderr.contains("Java heap space"), "{result:#?}");
+}
+
+#[test]
 fn output_flood_is_cut_at_the_limit() {
     let result = job("python", "while True:\n    print('x' * 999)")
         .limits(json!({ "max_output_bytes": 10000 }))
