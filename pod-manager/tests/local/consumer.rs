@@ -93,15 +93,26 @@ async fn n_jobs_give_n_correct_results_once_each() {
         "no foreign events"
     );
 
-    let metrics = reqwest_metrics(app.metrics).await;
-    for needle in [
+    // Metrics are recorded just after the final event is confirmed: poll.
+    let needles = [
         "warmpod_pod_manager_jobs_total{status=\"accepted\"} 10",
         "warmpod_pod_manager_phase_seconds_count{phase=\"claim\"} 10",
         "warmpod_pod_manager_phase_seconds_count{phase=\"total\"} 10",
         "warmpod_pod_manager_pool_warm_hit_ratio",
         "warmpod_pod_manager_broker_connected 1",
-    ] {
-        assert!(metrics.contains(needle), "{needle} missing in:\n{metrics}");
+    ];
+    let deadline = std::time::Instant::now() + WITHIN;
+    loop {
+        let metrics = reqwest_metrics(app.metrics).await;
+        let missing: Vec<_> = needles.iter().filter(|n| !metrics.contains(*n)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{missing:?} missing in:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     app.stop().await;
 }
