@@ -129,3 +129,56 @@ async fn many_concurrent_claims_from_three_managers_never_double_claim() {
         .sum();
     eprintln!("claim conflicts resolved: {conflicts}");
 }
+
+#[tokio::test]
+async fn the_api_answers_422_to_a_failed_test_and_409_to_a_stale_resource_version() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, Patch, PatchParams};
+    use pod_manager::pool::kube::claim::{claim_patch, lost_race};
+
+    let fake = fake(FakeOptions {
+        replicas: 1,
+        ..FakeOptions::default()
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(crate::helpers::client(&fake), &fake.options().namespace);
+    let name = fake.with(|st| st.pods.keys().next().cloned()).unwrap();
+    let patch = |p: json_patch::Patch| Patch::Json::<()>(p);
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let code = |e: kube::Error| match e {
+        kube::Error::Api(s) => s.code,
+        other => panic!("expected an API error, got {other}"),
+    };
+
+    // The first claim wins; the same patch again fails its `test` op.
+    pods.patch(
+        &name,
+        &PatchParams::default(),
+        &patch(claim_patch(false, Uuid::new_v4(), "a", now)),
+    )
+    .await
+    .unwrap();
+    let err = pods
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &patch(claim_patch(true, Uuid::new_v4(), "b", now)),
+        )
+        .await
+        .unwrap_err();
+    let failed_test = code(err);
+    // A patch carrying a stale resourceVersion conflicts.
+    let stale: json_patch::Patch = serde_json::from_value(
+        serde_json::json!([{"op": "replace", "path": "/metadata/resourceVersion", "value": "1"}]),
+    )
+    .unwrap();
+    let err = pods
+        .patch(&name, &PatchParams::default(), &patch(stale))
+        .await
+        .unwrap_err();
+    let conflict = code(err);
+
+    assert_eq!((failed_test, conflict), (422, 409));
+    assert!(lost_race(Some(failed_test)) && lost_race(Some(conflict)));
+    assert_each_pod_claimed_once(&fake, 1);
+}
