@@ -63,17 +63,24 @@ fn chown(path: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        if fs::remove_dir_all(&self.path).is_ok() {
+        // remove_dir_all never follows symlinks, so a program that swapped
+        // its directory for a link cannot make us delete elsewhere.
+        if fs::remove_dir_all(&self.path).is_ok() || nix::unistd::geteuid().is_root() {
             return;
         }
-        // The program may have made directories unreadable or unwritable
-        // (it owns them); open them up and try again.
+        // Not root: the program (our own uid) may have made directories
+        // unreadable or unwritable; open them up and try again. (Root needs
+        // no permissions, and must not chmod paths a program can swap.)
         open_up(&self.path);
         let _ = fs::remove_dir_all(&self.path);
     }
 }
 
+/// Gives us rwx on `dir` and every directory below it, skipping symlinks.
 fn open_up(dir: &Path) {
+    if !fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+        return;
+    }
     let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
     if let Ok(entries) = fs::read_dir(dir) {
         for entry in entries.flatten() {

@@ -151,6 +151,18 @@ mod unprivileged_runner {
     }
 
     #[test]
+    fn a_locked_up_work_dir_is_still_removed() {
+        // `run_unprivileged` asserts the work directory is gone.
+        let result = job(
+            "bash",
+            "mkdir -p a/b && touch a/b/f && chmod 000 a/b a && echo locked",
+        )
+        .run_unprivileged();
+        assert_status(&result, Status::Accepted);
+        assert_eq!(result.stdout, "locked\n");
+    }
+
+    #[test]
     fn double_forked_daemon_is_killed() {
         let test_job = job("python", super::DAEMON).limits(json!({ "wall_time_ms": 5000 }));
         let result = test_job.run_unprivileged();
