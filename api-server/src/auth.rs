@@ -39,6 +39,15 @@ impl Guard {
         }
     }
 
+    /// Forgets buckets that are full again, so the keyed map (one entry per
+    /// client address when auth is off) does not grow without bound.
+    pub fn forget_idle(&self) {
+        if let Some(limiter) = &self.limiter {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+
     fn authenticate(&self, req: &ServiceRequest) -> Result<String, ApiError> {
         let presented = presented_key(req);
         if self.keys.is_empty() {

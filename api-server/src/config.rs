@@ -90,6 +90,8 @@ pub struct Config {
     pub result_ttl: Duration,
     /// `WARMPOD_RESULT_CAPACITY`: most job states kept per replica.
     pub result_capacity: usize,
+    /// `WARMPOD_RESULT_MAX_BYTES`: most bytes of outputs and sources kept.
+    pub result_max_bytes: usize,
     /// `WARMPOD_MAX_SOURCE_BYTES`: largest total source size.
     pub max_source_bytes: usize,
     /// `WARMPOD_MAX_STDIN_BYTES`: largest stdin.
@@ -164,6 +166,7 @@ impl Config {
             wait_timeout: Duration::from_millis(env.parse("WARMPOD_WAIT_TIMEOUT_MS", 30_000)?),
             result_ttl: Duration::from_secs(env.parse("WARMPOD_RESULT_TTL_S", 3_600)?),
             result_capacity: env.parse("WARMPOD_RESULT_CAPACITY", 100_000)?,
+            result_max_bytes: env.parse("WARMPOD_RESULT_MAX_BYTES", 536_870_912)?,
             max_source_bytes: env.parse("WARMPOD_MAX_SOURCE_BYTES", 1_048_576)?,
             max_stdin_bytes: env.parse("WARMPOD_MAX_STDIN_BYTES", 1_048_576)?,
             max_batch: env.parse("WARMPOD_MAX_BATCH", 20)?,

@@ -23,6 +23,7 @@ pub struct Application {
     server: Server,
     supervisor: Supervisor,
     versions: Versions,
+    guard: Arc<Guard>,
 }
 
 impl Application {
@@ -39,7 +40,11 @@ impl Application {
         let metrics = Arc::new(Metrics::default());
         let versions = Versions::default();
         let broker = Broker::new(config.topology.clone());
-        let state = StateStore::new(config.result_capacity, config.result_ttl);
+        let state = StateStore::new(
+            config.result_capacity,
+            config.result_max_bytes,
+            config.result_ttl,
+        );
         let core = Core {
             config: config.clone(),
             broker: broker.clone(),
@@ -56,12 +61,13 @@ impl Application {
             metrics,
         };
         let guard = Arc::new(Guard::new(config.api_keys.clone(), config.rate_limit_per_s));
-        let server = server(listener, core, guard, config.max_body_bytes())?;
+        let server = server(listener, core, guard.clone(), config.max_body_bytes())?;
         Ok(Self {
             port,
             server,
             supervisor,
             versions,
+            guard,
         })
     }
 
@@ -77,6 +83,14 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let versions = self.versions.clone();
         tokio::spawn(async move { versions.probe_local().await });
+        let guard = self.guard.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                guard.forget_idle();
+            }
+        });
         tokio::select! {
             r = self.server => r.context("HTTP server"),
             r = self.supervisor.run() => r.context("RabbitMQ supervisor"),

@@ -1,7 +1,8 @@
 //! The job state store: what this replica knows about each job, fed by the
 //! events exchange (and by its own submissions), with a change feed.
 //!
-//! Bounded (oldest jobs are dropped past the capacity) and with a TTL
+//! Bounded (oldest jobs are dropped past a number of jobs and past a
+//! number of bytes of output and source held) and with a TTL
 //! counted from when this replica first saw the job. Events may arrive out
 //! of order (the api-server's `queued` and the pod-manager's `running` come
 //! from different publishers), so a state never moves backwards: queued <
@@ -109,14 +110,44 @@ impl Execution {
     }
 }
 
+/// Roughly the bytes an execution holds (its texts dominate).
+fn weight(e: &Execution) -> usize {
+    let result = e.result.as_ref().map_or(0, |r| {
+        r.stdout.len()
+            + r.stderr.len()
+            + r.compile_output.len()
+            + r.message.as_ref().map_or(0, String::len)
+    });
+    let submission = e
+        .submission
+        .as_ref()
+        .map_or(0, |s| s.source.len() + s.stdin.len());
+    let meta = [&e.meta.expected_output, &e.meta.callback_url, &e.meta.tag]
+        .iter()
+        .map(|s| s.as_ref().map_or(0, String::len))
+        .sum::<usize>();
+    512 + result + submission + meta
+}
+
 struct Entry {
     execution: Execution,
     seen: Instant,
+    weight: usize,
 }
 
 struct Inner {
     jobs: HashMap<Uuid, Entry>,
     order: VecDeque<(Uuid, Instant)>,
+    /// Sum of the entries' weights.
+    bytes: usize,
+}
+
+impl Inner {
+    fn remove(&mut self, id: &Uuid) {
+        if let Some(e) = self.jobs.remove(id) {
+            self.bytes -= e.weight;
+        }
+    }
 }
 
 /// The store, shared by handlers and the events consumer.
@@ -125,20 +156,24 @@ pub struct StateStore {
     inner: Arc<Mutex<Inner>>,
     changes: broadcast::Sender<Arc<Execution>>,
     capacity: usize,
+    max_bytes: usize,
     ttl: Duration,
 }
 
 impl StateStore {
-    /// A store of at most `capacity` jobs, each kept `ttl`.
-    pub fn new(capacity: usize, ttl: Duration) -> Self {
+    /// A store of at most `capacity` jobs and about `max_bytes` of their
+    /// texts (the newest job is always kept), each kept `ttl`.
+    pub fn new(capacity: usize, max_bytes: usize, ttl: Duration) -> Self {
         let (changes, _) = broadcast::channel(4096);
         Self {
             inner: Arc::new(Mutex::new(Inner {
                 jobs: HashMap::new(),
                 order: VecDeque::new(),
+                bytes: 0,
             })),
             changes,
             capacity,
+            max_bytes,
             ttl,
         }
     }
@@ -174,7 +209,7 @@ impl StateStore {
             .get(&id)
             .is_some_and(|e| e.execution.status == Status::Queued)
         {
-            inner.jobs.remove(&id);
+            inner.remove(&id);
         }
     }
 
@@ -188,40 +223,57 @@ impl StateStore {
         let changed = {
             let mut inner = self.lock();
             self.expire(&mut inner);
-            match inner.jobs.get_mut(&event.id) {
+            let changed = match inner.jobs.get_mut(&event.id) {
                 Some(entry) => {
                     if submission.is_some() {
                         entry.execution.submission = submission;
                     }
-                    entry
+                    let changed = entry
                         .execution
                         .merge(event)
-                        .then(|| entry.execution.clone())
+                        .then(|| entry.execution.clone());
+                    let (old, new) = (entry.weight, weight(&entry.execution));
+                    entry.weight = new;
+                    inner.bytes = inner.bytes - old + new;
+                    changed
                 }
                 None => {
                     let mut execution = Execution::from_event(event);
                     execution.submission = submission;
+                    let w = weight(&execution);
                     inner.order.push_back((event.id, now));
+                    inner.bytes += w;
                     inner.jobs.insert(
                         event.id,
                         Entry {
                             execution: execution.clone(),
                             seen: now,
+                            weight: w,
                         },
                     );
-                    while inner.jobs.len() > self.capacity {
-                        let Some((old, _)) = inner.order.pop_front() else {
-                            break;
-                        };
-                        inner.jobs.remove(&old);
-                    }
                     Some(execution)
                 }
-            }
+            };
+            self.evict(&mut inner);
+            changed
         };
         if let Some(execution) = changed {
             // No receivers is fine: nobody is waiting.
             let _ = self.changes.send(Arc::new(execution));
+        }
+    }
+
+    /// Drops the oldest jobs while over the count or byte budget.
+    fn evict(&self, inner: &mut Inner) {
+        while (inner.jobs.len() > self.capacity || inner.bytes > self.max_bytes)
+            && inner.jobs.len() > 1
+        {
+            let Some((old, seen)) = inner.order.pop_front() else {
+                break;
+            };
+            if inner.jobs.get(&old).is_some_and(|e| e.seen == seen) {
+                inner.remove(&old);
+            }
         }
     }
 
@@ -233,7 +285,7 @@ impl StateStore {
             }
             inner.order.pop_front();
             if inner.jobs.get(&id).is_some_and(|e| e.seen == seen) {
-                inner.jobs.remove(&id);
+                inner.remove(&id);
             }
         }
     }
@@ -263,7 +315,7 @@ mod tests {
 
     #[test]
     fn states_never_move_backwards() {
-        let store = StateStore::new(10, Duration::from_secs(60));
+        let store = StateStore::new(10, usize::MAX, Duration::from_secs(60));
         let id = Uuid::new_v4();
         store.apply(&event(id, Status::Running));
         store.apply(&event(id, Status::Queued));
@@ -277,7 +329,7 @@ mod tests {
 
     #[test]
     fn final_results_are_judged() {
-        let store = StateStore::new(10, Duration::from_secs(60));
+        let store = StateStore::new(10, usize::MAX, Duration::from_secs(60));
         let id = Uuid::new_v4();
         let mut e = event(id, Status::Accepted);
         e.meta.expected_output = Some("41".into());
@@ -289,7 +341,7 @@ mod tests {
 
     #[test]
     fn capacity_drops_the_oldest() {
-        let store = StateStore::new(2, Duration::from_secs(60));
+        let store = StateStore::new(2, usize::MAX, Duration::from_secs(60));
         let ids: Vec<_> = (0..3).map(|_| Uuid::new_v4()).collect();
         for id in &ids {
             store.apply(&event(*id, Status::Queued));
@@ -300,8 +352,32 @@ mod tests {
     }
 
     #[test]
+    fn the_byte_budget_drops_the_oldest_but_keeps_the_newest() {
+        let store = StateStore::new(100, 10_000, Duration::from_secs(60));
+        let big = |id| {
+            let mut e = event(id, Status::Accepted);
+            e.result.as_mut().unwrap().stdout = "x".repeat(6_000);
+            e
+        };
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        store.apply(&big(a));
+        assert!(store.get(a).is_some());
+        store.apply(&big(b));
+        assert!(store.get(a).is_none(), "over budget: the oldest goes");
+        assert!(store.get(b).is_some());
+        let huge = Uuid::new_v4();
+        let mut e = big(huge);
+        e.result.as_mut().unwrap().stdout = "x".repeat(50_000);
+        store.apply(&e);
+        assert!(
+            store.get(huge).is_some(),
+            "the newest stays even alone over budget"
+        );
+    }
+
+    #[test]
     fn entries_expire() {
-        let store = StateStore::new(10, Duration::ZERO);
+        let store = StateStore::new(10, usize::MAX, Duration::ZERO);
         let id = Uuid::new_v4();
         store.apply(&event(id, Status::Queued));
         assert!(store.get(id).is_none());
@@ -309,7 +385,7 @@ mod tests {
 
     #[test]
     fn changes_are_fed_to_subscribers() {
-        let store = StateStore::new(10, Duration::from_secs(60));
+        let store = StateStore::new(10, usize::MAX, Duration::from_secs(60));
         let mut feed = store.subscribe();
         let id = Uuid::new_v4();
         store.apply(&event(id, Status::Queued));
