@@ -106,7 +106,7 @@ fn cpu_time_of_child_processes_counts() {
 #[test]
 fn sleeping_past_the_wall_limit_is_killed() {
     let result = job("bash", "echo started\nsleep 600\necho never")
-        .limits(json!({ "wall_time_ms": 500 }))
+        .limits(json!({ "wall_time_ms": 2000 }))
         .run();
     assert_status(&result, Status::TimeLimitExceeded);
     assert_eq!(result.stdout, "started\n");
@@ -126,7 +126,7 @@ fn python_memory_bomb() {
         "python",
         "blocks = []\nwhile True:\n    blocks.append(bytearray(1 << 20))",
     )
-    .limits(json!({ "memory_kb": 65536 }))
+    .limits(json!({ "memory_kb": 65536, "cpu_time_ms": 20000, "wall_time_ms": 30000 }))
     .run();
     assert_status(&result, Status::MemoryLimitExceeded);
 }
@@ -135,7 +135,9 @@ fn python_memory_bomb() {
 fn c_memory_bomb_touching_every_page() {
     let code = "#include <stdlib.h>\n#include <string.h>\n\
                 int main(void) { for (;;) { char *p = malloc(1 << 20); memset(p, 1, 1 << 20); } }";
-    let result = job("c", code).limits(json!({ "memory_kb": 65536 })).run();
+    let result = job("c", code)
+        .limits(json!({ "memory_kb": 65536, "cpu_time_ms": 20000, "wall_time_ms": 30000 }))
+        .run();
     assert_status(&result, Status::MemoryLimitExceeded);
     assert!(result.memory_kb >= 65536 * 9 / 10, "{result:#?}");
 }
@@ -146,7 +148,7 @@ fn javascript_heap_exhaustion() {
         "javascript",
         "const a = []; for (;;) a.push(new Array(1e6).fill(1));",
     )
-    .limits(json!({ "memory_kb": 65536 }))
+    .limits(json!({ "memory_kb": 65536, "cpu_time_ms": 20000, "wall_time_ms": 30000 }))
     .run();
     assert_status(&result, Status::MemoryLimitExceeded);
 }
@@ -158,7 +160,7 @@ fn java_heap_exhaustion() {
                   List<long[]> l = new ArrayList<>(); while (true) l.add(new long[1 << 20]);\n\
                 } }";
     let result = job("java", code)
-        .limits(json!({ "memory_kb": 65536 }))
+        .limits(json!({ "memory_kb": 65536, "cpu_time_ms": 20000, "wall_time_ms": 30000 }))
         .run();
     assert_status(&result, Status::MemoryLimitExceeded);
     assert!(result.stderr.contains("Java heap space"), "{result:#?}");

@@ -11,7 +11,7 @@ fn fork_bomb_is_contained() {
     // The bomb runs in the background; the main process sleeps on, so the
     // wall clock ends the run.
     let result = job("bash", ":(){ :|:& };:\nexec sleep 600")
-        .limits(json!({ "max_processes": 16, "wall_time_ms": 2000 }))
+        .limits(json!({ "max_processes": 16, "wall_time_ms": 3000 }))
         .run();
     assert_status(&result, Status::TimeLimitExceeded);
     assert!(
@@ -47,7 +47,7 @@ const DAEMON: &str = "import os, sys, time\n\
 fn double_forked_daemon_is_killed() {
     // The daemon keeps stdout and stderr open and sleeps; the runner must
     // not wait for those pipes, and must kill it.
-    let test_job = job("python", DAEMON).limits(json!({ "wall_time_ms": 5000 }));
+    let test_job = job("python", DAEMON).limits(json!({ "wall_time_ms": 20000 }));
     let result = test_job.run();
     assert_status(&result, Status::Accepted);
     let daemon: i32 = result.stdout.trim().parse().expect("daemon pid printed");
@@ -60,7 +60,7 @@ fn double_forked_daemon_is_killed() {
 #[test]
 fn setsid_grandchild_is_killed_on_timeout() {
     let test_job = job("bash", "setsid sleep 600 &\necho $!\nsleep 600")
-        .limits(json!({ "wall_time_ms": 500 }));
+        .limits(json!({ "wall_time_ms": 2000 }));
     let result = test_job.run();
     assert_status(&result, Status::TimeLimitExceeded);
     let pid: i32 = result.stdout.trim().parse().expect("pid printed");
@@ -141,7 +141,7 @@ mod unprivileged_runner {
     #[test]
     fn fork_bomb_is_contained() {
         let result = job("bash", ":(){ :|:& };:\nexec sleep 600")
-            .limits(json!({ "max_processes": 16, "wall_time_ms": 2000 }))
+            .limits(json!({ "max_processes": 16, "wall_time_ms": 3000 }))
             .run_unprivileged();
         assert_status(&result, Status::TimeLimitExceeded);
         assert!(
@@ -164,7 +164,7 @@ mod unprivileged_runner {
 
     #[test]
     fn double_forked_daemon_is_killed() {
-        let test_job = job("python", super::DAEMON).limits(json!({ "wall_time_ms": 5000 }));
+        let test_job = job("python", super::DAEMON).limits(json!({ "wall_time_ms": 20000 }));
         let result = test_job.run_unprivileged();
         assert_status(&result, Status::Accepted);
         let daemon: i32 = result.stdout.trim().parse().expect("daemon pid printed");
