@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -863,6 +863,7 @@ struct RuntimeDir {
 
 impl RuntimeDir {
     fn create(cfg: &LocalConfig, slots: usize, per_sandbox_uid: bool) -> std::io::Result<Self> {
+        remove_stale_runtime_dirs();
         let path = std::env::temp_dir().join(format!(
             "warmpod-pm-{}-{}",
             std::process::id(),
@@ -898,6 +899,32 @@ impl RuntimeDir {
             f.write_all(text.as_bytes())?;
         }
         Ok(dir)
+    }
+}
+
+/// Removes runtime directories (`warmpod-pm-<pid>-<uuid>`) of pod-managers
+/// that died without cleaning up (SIGKILL).
+fn remove_stale_runtime_dirs() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("warmpod-pm-"))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(meta) = fs::symlink_metadata(entry.path()) else {
+            continue;
+        };
+        let ours = meta.is_dir() && meta.uid() == nix::unistd::geteuid().as_raw();
+        if ours && !PathBuf::from(format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
     }
 }
 

@@ -65,6 +65,17 @@ async fn a_job_in_flight_at_sigkill_is_redelivered_and_completes() {
         cgroups_of(first_pid).is_empty()
     })
     .await;
+    // ... and its runtime directory (the runner copy).
+    let leftovers: Vec<_> = std::fs::read_dir("/tmp")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("warmpod-pm-{first_pid}-"))
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     kill(Pid::from_raw(second.pid()), Signal::SIGTERM).unwrap();
     assert!(second.child.wait().await.unwrap().success());
     broker.cleanup().await;
