@@ -136,9 +136,16 @@ impl TestBroker {
     /// every event.
     pub async fn new(prefix: &str) -> Self {
         let names = QueueNames::with_prefix(prefix);
-        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
-            .await
-            .expect("RabbitMQ must be running (scripts/ensure-rabbitmq.sh)");
+        let connection =
+            match Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
+                Ok(c) => c,
+                Err(_) => {
+                    ensure_rabbitmq();
+                    Connection::connect(&amqp_url(), ConnectionProperties::default())
+                        .await
+                        .expect("RabbitMQ does not answer even after scripts/ensure-rabbitmq.sh")
+                }
+            };
         let channel = connection.create_channel().await.unwrap();
         pod_manager::queue::declare_topology(
             &channel,
@@ -352,6 +359,16 @@ impl TestBroker {
         }
         let _ = self.connection.close(200, "".into()).await;
     }
+}
+
+/// Starts RabbitMQ through the project's script (idempotent).
+fn ensure_rabbitmq() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/ensure-rabbitmq.sh");
+    let status = std::process::Command::new(script)
+        .env("AMQP_URL", amqp_url())
+        .status()
+        .expect("running scripts/ensure-rabbitmq.sh");
+    assert!(status.success(), "scripts/ensure-rabbitmq.sh failed");
 }
 
 /// A header table with the quorum queue's delivery count preset.
