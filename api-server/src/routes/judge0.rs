@@ -300,7 +300,7 @@ fn render(
 
 /// Create a submission.
 #[utoipa::path(
-    post, path = "/submissions", tag = "judge0", request_body = SubmissionRequest, params(SubmissionQuery),
+    post, operation_id = "judge0_create_submission", path = "/submissions", tag = "judge0", request_body = SubmissionRequest, params(SubmissionQuery),
     responses(
         (status = 201, description = "`{token}`, or the submission with `wait=true`", body = Object),
         (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
@@ -336,7 +336,7 @@ pub async fn create(
 
 /// Create several submissions; each item is `{token}` or its errors.
 #[utoipa::path(
-    post, path = "/submissions/batch", tag = "judge0", request_body = BatchRequest, params(SubmissionQuery),
+    post, operation_id = "judge0_create_batch", path = "/submissions/batch", tag = "judge0", request_body = BatchRequest, params(SubmissionQuery),
     responses((status = 201, body = [Object]), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody))
 )]
 pub async fn create_batch(
@@ -370,7 +370,7 @@ pub async fn create_batch(
 
 /// A submission by token.
 #[utoipa::path(
-    get, path = "/submissions/{token}", tag = "judge0",
+    get, operation_id = "judge0_get_submission", path = "/submissions/{token}", tag = "judge0",
     params(("token" = Uuid, Path), SubmissionQuery),
     responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
 )]
@@ -392,7 +392,7 @@ pub async fn get(
 
 /// Several submissions by token (`null` for unknown ones).
 #[utoipa::path(
-    get, path = "/submissions/batch", tag = "judge0", params(BatchQuery),
+    get, operation_id = "judge0_get_batch", path = "/submissions/batch", tag = "judge0", params(BatchQuery),
     responses((status = 200, body = Object), (status = 400, body = ErrorBody))
 )]
 pub async fn get_batch(
@@ -444,7 +444,7 @@ fn language_list(core: &Core) -> Vec<(u32, &'static Language, String)> {
 }
 
 /// Languages as `[{id, name}]`.
-#[utoipa::path(get, path = "/languages", tag = "judge0", responses((status = 200, body = [Object])))]
+#[utoipa::path(get, operation_id = "judge0_languages", path = "/languages", tag = "judge0", responses((status = 200, body = [Object])))]
 pub async fn languages(core: web::Data<Core>) -> HttpResponse {
     let list: Vec<Value> = language_list(&core)
         .into_iter()
@@ -455,7 +455,7 @@ pub async fn languages(core: web::Data<Core>) -> HttpResponse {
 
 /// One language.
 #[utoipa::path(
-    get, path = "/languages/{id}", tag = "judge0", params(("id" = u32, Path)),
+    get, operation_id = "judge0_language", path = "/languages/{id}", tag = "judge0", params(("id" = u32, Path)),
     responses((status = 200, body = Object), (status = 404, body = ErrorBody))
 )]
 pub async fn language(core: web::Data<Core>, id: web::Path<u32>) -> Result<HttpResponse, ApiError> {

@@ -182,7 +182,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// Submit a job.
 #[utoipa::path(
-    post, path = "/v1/executions", tag = "v1",
+    post, operation_id = "v1_create_execution", path = "/v1/executions", tag = "v1",
     request_body = ExecutionRequest, params(WaitQuery),
     responses(
         (status = 202, description = "Queued (or not done within the wait timeout)", body = Accepted),
@@ -219,7 +219,7 @@ pub async fn create(
 
 /// Submit several jobs at once.
 #[utoipa::path(
-    post, path = "/v1/executions/batch", tag = "v1", request_body = BatchRequest,
+    post, operation_id = "v1_create_batch", path = "/v1/executions/batch", tag = "v1", request_body = BatchRequest,
     responses(
         (status = 202, description = "All queued", body = BatchAccepted),
         (status = 400, body = ErrorBody), (status = 413, body = ErrorBody),
@@ -246,7 +246,7 @@ pub async fn create_batch(
 
 /// A job's current state, from any replica.
 #[utoipa::path(
-    get, path = "/v1/executions/{id}", tag = "v1",
+    get, operation_id = "v1_get_execution", path = "/v1/executions/{id}", tag = "v1",
     params(("id" = Uuid, Path, description = "The job's id")),
     responses((status = 200, body = ExecutionView), (status = 404, body = ErrorBody))
 )]
@@ -256,7 +256,7 @@ pub async fn get(core: web::Data<Core>, id: web::Path<Uuid>) -> Result<HttpRespo
 }
 
 /// The supported languages with their runtime versions.
-#[utoipa::path(get, path = "/v1/languages", tag = "v1", responses((status = 200, body = [LanguageView])))]
+#[utoipa::path(get, operation_id = "v1_languages", path = "/v1/languages", tag = "v1", responses((status = 200, body = [LanguageView])))]
 pub async fn languages(core: web::Data<Core>) -> HttpResponse {
     let list: Vec<LanguageView> = LANGUAGES
         .iter()

@@ -36,6 +36,18 @@ async fn openapi_document_validates_and_lists_every_route() {
     let spec = oas3::from_json(&text).expect("a valid OpenAPI 3.1 document");
 
     let paths = spec.paths.expect("paths");
+    let mut ids: Vec<String> = paths
+        .values()
+        .flat_map(|item| {
+            item.methods()
+                .into_iter()
+                .filter_map(|(_, op)| op.operation_id.clone())
+        })
+        .collect();
+    let n = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "operation ids are unique");
     for path in [
         "/v1/executions",
         "/v1/executions/{id}",
