@@ -86,16 +86,17 @@ impl Deliverer {
     }
 
     /// The method and JSON body for the façade that accepted the job:
-    /// Judge0 PUTs the submission, the others POST.
+    /// Judge0 PUTs the submission (base64 texts when it was submitted with
+    /// `base64_encoded=true`), the others POST.
     fn body(&self, e: &Execution) -> (Method, Vec<u8>) {
         let value = match e.meta.api.as_deref() {
-            Some("judge0") => {
+            Some(api @ ("judge0" | "judge0-base64")) => {
                 let name = e
                     .submission
                     .as_ref()
                     .and_then(|s| Language::find(&s.language))
                     .map(|l| display_name(l, self.versions.number(l.key).as_deref()));
-                let all = judge0_submission(e, false, name);
+                let all = judge0_submission(e, api == "judge0-base64", name);
                 let mut fields = JUDGE0_DEFAULT_FIELDS.to_vec();
                 fields.push("status_id");
                 let selected = select_fields(all, Some(&fields.join(",")), &[]).unwrap_or_default();

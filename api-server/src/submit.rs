@@ -29,6 +29,9 @@ pub enum Api {
     V1,
     /// The Judge0-compatible API.
     Judge0,
+    /// The Judge0-compatible API with `base64_encoded=true` (its callback
+    /// carries base64 texts, as Judge0's does).
+    Judge0Base64,
     /// The seed systems' endpoints.
     Compat,
 }
@@ -39,6 +42,7 @@ impl Api {
         match self {
             Api::V1 => "v1",
             Api::Judge0 => "judge0",
+            Api::Judge0Base64 => "judge0-base64",
             Api::Compat => "compat",
         }
     }

@@ -270,7 +270,11 @@ impl SubmissionRequest {
             expected_output: decode("expected_output", self.expected_output, base64)?,
             callback_url: self.callback_url,
             tag: None,
-            api: Api::Judge0,
+            api: if base64 {
+                Api::Judge0Base64
+            } else {
+                Api::Judge0
+            },
         })
     }
 }

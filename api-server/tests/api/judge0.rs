@@ -265,4 +265,18 @@ async fn callbacks_put_the_finished_submission() {
     assert_eq!(body["token"], token);
     assert_eq!(body["stdout"], "cb\n");
     assert_eq!(body["status"], json!({"id": 3, "description": "Accepted"}));
+
+    // Submitted in base64: called back in base64.
+    let r = app
+        .post_json(
+            "/submissions?base64_encoded=true",
+            &json!({"source_code": B64.encode("print('b64')"), "language_id": 71, "callback_url": receiver.url}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let body = receiver.next().await.json();
+    assert_eq!(
+        B64.decode(body["stdout"].as_str().unwrap()).unwrap(),
+        b"b64\n"
+    );
 }
