@@ -7,15 +7,20 @@ run by run (so load from other work on a shared machine hits both alike),
 and prints the binary's size, the medians, the p99s and their ratios as a
 Markdown table.
 
-    standby-image/runner/bench/startup.py <path to warmpod-runner> [runs]
+    standby-image/runner/bench/startup.py <path to warmpod-runner> [runs] [--as-uid UID]
 
-Each run is one posix_spawn + waitpid, stdin from a file, stdout to
-/dev/null; the time is the wall time of that, in ms.
+Each run is one fork + exec + waitpid, stdin from a file, stdout to
+/dev/null; the time is the wall time of that, in ms. With --as-uid (root
+only) both commands run as that uid, as the runner does in a sandbox or a
+non-root pod (programs then run as the runner's own uid); without it, as
+whoever runs the script (as root, the runner gives programs a dedicated
+uid).
 """
 
 import datetime
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -30,14 +35,22 @@ JOB = {
 }
 
 
-def timed(argv, stdin_path):
-    """Wall time of one run of argv, in ms; fails on a non-zero exit."""
-    actions = [
-        (os.POSIX_SPAWN_OPEN, 0, stdin_path, os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
-    ]
+def timed(argv, stdin_path, uid=None):
+    """Wall time of one run of argv (as uid, if given), in ms; fails on a
+    non-zero exit."""
     start = time.perf_counter()
-    pid = os.posix_spawn(argv[0], argv, {}, file_actions=actions)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.dup2(os.open(stdin_path, os.O_RDONLY), 0)
+            os.dup2(os.open("/dev/null", os.O_WRONLY), 1)
+            if uid is not None:
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+            os.execve(argv[0], argv, {})
+        finally:
+            os._exit(127)
     _, status = os.waitpid(pid, 0)
     elapsed = (time.perf_counter() - start) * 1000
     if os.waitstatus_to_exitcode(status) != 0:
@@ -51,15 +64,30 @@ def p99(values):
 
 
 def main():
-    if len(sys.argv) < 2:
+    args = sys.argv[1:]
+    uid = None
+    if "--as-uid" in args:
+        i = args.index("--as-uid")
+        uid = int(args[i + 1])
+        del args[i : i + 2]
+    if not args:
         sys.exit(__doc__)
-    runner = os.path.abspath(sys.argv[1])
-    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 300
+    built = os.path.abspath(args[0])
+    runs = int(args[1]) if len(args) > 1 else 300
     with tempfile.TemporaryDirectory() as tmp:
+        # A copy any uid can run (the build directory may be private).
+        os.chmod(tmp, 0o755)
+        runner = os.path.join(tmp, "warmpod-runner")
+        shutil.copy(built, runner)
+        os.chmod(runner, 0o755)
         job_path = os.path.join(tmp, "job.json")
         with open(job_path, "w") as f:
             f.write(json.dumps(JOB) + "\n")
-        check = subprocess.run([runner], stdin=open(job_path), capture_output=True, text=True)
+        os.chmod(job_path, 0o644)
+        check = subprocess.run(
+            [runner], stdin=open(job_path), capture_output=True, text=True,
+            user=uid, group=uid, extra_groups=[] if uid is not None else None,
+        )
         if json.loads(check.stdout).get("status") != "accepted":
             sys.exit(f"the runner did not accept the hello world job: {check.stdout}")
         commands = {
@@ -69,14 +97,15 @@ def main():
         times = {name: [] for name in commands}
         for i in range(runs + 10):
             for name, argv in commands.items():
-                t = timed(argv, job_path if name == "runner" else "/dev/null")
+                t = timed(argv, job_path if name == "runner" else "/dev/null", uid)
                 if i >= 10:  # the first 10 rounds warm the caches
                     times[name].append(t)
     r_med, p_med = statistics.median(times["runner"]), statistics.median(times["python"])
     r_p99, p_p99 = p99(times["runner"]), p99(times["python"])
-    size = os.path.getsize(runner)
+    size = os.path.getsize(built)
     now = datetime.datetime.now(datetime.timezone.utc)
-    print(f"Measured {now:%Y-%m-%d %H:%M} UTC as uid {os.getuid()}, {os.cpu_count()} cores, "
+    as_uid = uid if uid is not None else os.getuid()
+    print(f"Measured {now:%Y-%m-%d %H:%M} UTC as uid {as_uid}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.2f} at the end, {runs} alternating runs each.")
     print()
     print("| | median | p99 |")

@@ -1,5 +1,6 @@
 //! One job, start to finish: work directory, compile step, run step, result.
 
+use std::cell::Cell;
 use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -30,6 +31,9 @@ pub enum StartError {
     /// No program identity.
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    /// Killing what a previous runner left under our uid failed.
+    #[error("killing the program uid's leftover processes failed: {0}")]
+    Sweep(#[source] io::Error),
 }
 
 /// Runs jobs: holds the program identity for the runner's life.
@@ -38,6 +42,9 @@ pub struct Runner<L: Launcher = ForkExec> {
     identity: Identity,
     work_root: PathBuf,
     launcher: L,
+    /// Set when a program's processes could not all be confirmed dead, so
+    /// [`finish`](Runner::finish) must not record the uid as clean.
+    left_processes: Cell<bool>,
 }
 
 impl Runner<ForkExec> {
@@ -54,13 +61,14 @@ impl Runner<ForkExec> {
     ) -> Result<Self, StartError> {
         reaper::become_subreaper().map_err(StartError::Subreaper)?;
         let identity = Identity::acquire(pinned_uid, lock_dir)?;
-        if let Some(uid) = identity.dedicated_uid() {
-            let _ = sys::kill_all_owned_by(uid);
+        if let Some(uid) = identity.dedicated_uid().filter(|_| identity.needs_sweep()) {
+            sys::kill_all_owned_by(uid).map_err(StartError::Sweep)?;
         }
         Ok(Self {
             identity,
             work_root,
             launcher: ForkExec,
+            left_processes: Cell::new(false),
         })
     }
 }
@@ -73,7 +81,21 @@ impl<L: Launcher> Runner<L> {
             identity: self.identity,
             work_root: self.work_root,
             launcher,
+            left_processes: self.left_processes,
         }
+    }
+
+    /// Ends the runner's life: records the program uid as clean when every
+    /// program process was reaped, so the next runner holding it can skip
+    /// its start-up sweep.
+    ///
+    /// # Errors
+    /// When the uid's lock file cannot be written.
+    pub fn finish(self) -> io::Result<()> {
+        if self.left_processes.get() {
+            return Ok(());
+        }
+        self.identity.mark_clean()
     }
 
     /// The uid programs run as.
@@ -181,7 +203,10 @@ impl<L: Launcher> Runner<L> {
             .launcher
             .launch(&spec)
             .map_err(|e| format!("starting {} failed: {e}", step.argv[0]))?;
-        supervise::supervise(launched, started, &watch).map_err(|e| e.to_string())
+        supervise::supervise(launched, started, &watch).map_err(|e| {
+            self.left_processes.set(true);
+            e.to_string()
+        })
     }
 }
 

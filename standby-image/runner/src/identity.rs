@@ -4,14 +4,20 @@
 //! [`UID_RANGE`], so that `RLIMIT_NPROC` (counted per real uid, machine
 //! wide) counts only this job's processes and `kill(-1)` as that uid
 //! reaches only them. Concurrent runners on one machine each hold an
-//! exclusive `flock` on `<lock dir>/<uid>.lock` ([`LOCK_DIR`]) for their whole life, so no
-//! two share a uid. Not root (a bubblewrap sandbox started as a dedicated
-//! uid, or a non-root pod), the program runs as the runner's own uid.
+//! exclusive `flock` on `<lock dir>/<uid>.lock` ([`LOCK_DIR`]) for their
+//! whole life, so no two share a uid. Not root (a bubblewrap sandbox started
+//! as a dedicated uid, or a non-root pod), the program runs as the runner's
+//! own uid.
+//!
+//! The lock file also records whether the last runner that held the uid
+//! left it clean (every process reaped): `clean` skips the start-up sweep
+//! that kills everything the uid owns; anything else (a runner killed
+//! mid-job, a new file) forces it. It says `dirty` while a runner holds it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::ops::RangeInclusive;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -33,7 +39,9 @@ pub enum Identity {
         /// The program's gid.
         gid: u32,
         /// The held lock; released when the runner exits.
-        _lock: Flock<File>,
+        lock: Flock<File>,
+        /// Whether the previous holder left the uid clean.
+        was_clean: bool,
     },
     /// The runner's own uid (the runner is not root).
     Inherited {
@@ -93,7 +101,7 @@ impl Identity {
             let file = open_lock(lock_dir, uid).map_err(lock_err)?;
             let lock =
                 Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| lock_err(e.into()))?;
-            return Ok(Self::dedicated(uid, lock));
+            return Self::dedicated(uid, lock).map_err(lock_err);
         }
         let span = UID_RANGE.end() - UID_RANGE.start() + 1;
         let start = std::process::id() % span;
@@ -101,17 +109,48 @@ impl Identity {
             let uid = UID_RANGE.start() + (start + i) % span;
             let file = open_lock(lock_dir, uid).map_err(lock_err)?;
             if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                return Ok(Self::dedicated(uid, lock));
+                return Self::dedicated(uid, lock).map_err(lock_err);
             }
         }
         Err(IdentityError::Exhausted)
     }
 
-    fn dedicated(uid: u32, lock: Flock<File>) -> Self {
-        Self::Dedicated {
+    /// Takes over a locked uid: reads whether it was left clean, then
+    /// marks it dirty until [`mark_clean`](Self::mark_clean).
+    fn dedicated(uid: u32, lock: Flock<File>) -> io::Result<Self> {
+        let mut state = [0u8; 16];
+        let n = lock.read_at(&mut state, 0)?;
+        let was_clean = &state[..n] == CLEAN;
+        write_state(&lock, DIRTY)?;
+        Ok(Self::Dedicated {
             uid,
             gid: uid,
-            _lock: lock,
+            lock,
+            was_clean,
+        })
+    }
+
+    /// Whether everything the uid owns must be killed before the first
+    /// program runs (its last holder may have left processes behind).
+    pub fn needs_sweep(&self) -> bool {
+        matches!(
+            self,
+            Self::Dedicated {
+                was_clean: false,
+                ..
+            }
+        )
+    }
+
+    /// Records that no process of the uid is left, so the next runner can
+    /// skip its sweep. Call only once every program process is reaped.
+    ///
+    /// # Errors
+    /// When the lock file cannot be written.
+    pub fn mark_clean(&self) -> io::Result<()> {
+        match self {
+            Self::Dedicated { lock, .. } => write_state(lock, CLEAN),
+            Self::Inherited { .. } => Ok(()),
         }
     }
 
@@ -220,10 +259,21 @@ fn ensure_private_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// The lock file's content when its last holder left the uid clean.
+const CLEAN: &[u8] = b"clean\n";
+/// Its content while a runner holds it.
+const DIRTY: &[u8] = b"dirty\n";
+
+fn write_state(file: &File, state: &[u8]) -> io::Result<()> {
+    file.set_len(0)?;
+    file.write_all_at(state, 0)
+}
+
 fn open_lock(dir: &Path, uid: u32) -> io::Result<File> {
     OpenOptions::new()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
@@ -249,6 +299,30 @@ mod tests {
         drop(a);
         let c = Identity::acquire(Some(uid), dir.path()).unwrap();
         assert_eq!(c.switch_to(), Some((uid, uid)));
+    }
+
+    #[test]
+    fn only_a_uid_left_clean_skips_the_sweep() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let first = Identity::acquire(None, dir.path()).unwrap();
+        assert!(first.needs_sweep(), "a new lock file is not known clean");
+        let uid = first.uid();
+        drop(first); // ended without mark_clean, as a killed runner would
+        let second = Identity::acquire(Some(uid), dir.path()).unwrap();
+        assert!(second.needs_sweep(), "left dirty");
+        second.mark_clean().unwrap();
+        drop(second);
+        let third = Identity::acquire(Some(uid), dir.path()).unwrap();
+        assert!(!third.needs_sweep(), "left clean");
+        drop(third); // not marked clean again: dirty once more
+        assert!(
+            Identity::acquire(Some(uid), dir.path())
+                .unwrap()
+                .needs_sweep()
+        );
     }
 
     #[test]

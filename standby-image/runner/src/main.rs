@@ -64,16 +64,26 @@ fn main() -> ExitCode {
         (Err(e), Ok(line)) => {
             JobResult::internal_error(salvage_id(&line), format!("runner start-up failed: {e}"))
         }
-        // A bug must still answer with a result line, never with silence.
-        (Ok(runner), Ok(line)) => panic::catch_unwind(AssertUnwindSafe(|| runner.run_line(&line)))
-            .unwrap_or_else(|_| {
-                JobResult::internal_error(
-                    salvage_id(&line),
-                    "the runner failed unexpectedly (a bug; see its stderr)",
-                )
-            }),
+        (Ok(runner), Ok(line)) => run_job(runner, &line),
     };
     print_line(&serde_json::to_string(&result))
+}
+
+/// Runs the job and ends the runner; a bug still answers with a result
+/// line, never with silence (and never records the uid as clean).
+fn run_job(runner: Runner, line: &[u8]) -> JobResult {
+    match panic::catch_unwind(AssertUnwindSafe(|| runner.run_line(line))) {
+        Ok(result) => {
+            if let Err(e) = runner.finish() {
+                eprintln!("warmpod-runner: recording the program uid as clean failed: {e}");
+            }
+            result
+        }
+        Err(_) => JobResult::internal_error(
+            salvage_id(line),
+            "the runner failed unexpectedly (a bug; see its stderr)",
+        ),
+    }
 }
 
 fn check() -> ExitCode {

@@ -1,5 +1,8 @@
 //! The `--versions` and `--check` modes.
 
+use std::os::unix::process::ExitStatusExt;
+use std::time::{Duration, Instant};
+
 use warmpod_protocol::Status;
 
 use crate::helpers::{
@@ -69,5 +72,51 @@ fn a_failed_start_still_answers_with_a_result_line() {
             .message
             .unwrap_or_default()
             .contains("lock directory")
+    );
+}
+
+#[test]
+fn leftovers_of_a_crashed_runner_are_killed_at_start() {
+    if !is_root() {
+        return; // Only root runners own dedicated uids.
+    }
+    let uid = (65_000 + std::process::id() % 500).to_string();
+    let locks = tempfile::tempdir().expect("lock dir");
+    let lock_dir = locks.path().to_str().expect("UTF-8 path");
+    // A process of the uid that no runner reaped (the lock file does not
+    // say `clean`, as after a runner killed mid-job).
+    let mut leftover = std::process::Command::new("/usr/bin/setpriv")
+        .args([
+            "--reuid",
+            &uid,
+            "--regid",
+            &uid,
+            "--clear-groups",
+            "/bin/sleep",
+            "600",
+        ])
+        .spawn()
+        .expect("leftover started");
+    let test_job = job("bash", "echo hi");
+    let (status, stdout) = run_raw(&["--uid", &uid, "--lock-dir", lock_dir], &test_job.line());
+    assert!(status.success());
+    assert_status(&parse_single_line(&stdout), Status::Accepted);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(exit) = leftover.try_wait().expect("leftover waited for") {
+            break exit;
+        }
+        if Instant::now() > deadline {
+            let _ = leftover.kill();
+            panic!("the leftover survived the runner's start-up sweep");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(exit.signal(), Some(9), "killed by SIGKILL");
+    let state =
+        std::fs::read_to_string(locks.path().join(format!("{uid}.lock"))).expect("lock file");
+    assert_eq!(
+        state, "clean\n",
+        "a runner that reaped everything leaves the uid clean"
     );
 }
