@@ -173,6 +173,9 @@ struct Inner {
     pods: Api<Pod>,
     deployments: Api<Deployment>,
     standby: standby::StandbySet,
+    /// Every manager's claimed pods of the pool (a second watch): the
+    /// cluster-wide jobs in flight, for the scaler.
+    claimed_pods: kube::runtime::reflector::Store<Pod>,
     metrics: KubeMetrics,
     claimed: AtomicU64,
     warm_hits: AtomicU64,
@@ -231,6 +234,11 @@ impl KubePool {
         })?;
         let shutdown = CancellationToken::new();
         let standby = standby::StandbySet::start(pods.clone(), &cfg.pool, shutdown.child_token());
+        let (claimed_pods, _) = standby::reflect(
+            pods.clone(),
+            &labels::state_selector(&cfg.pool, labels::CLAIMED),
+            shutdown.child_token(),
+        );
         let janitor = janitor::Janitor::new(pods.clone(), &cfg, metrics.clone());
         tokio::spawn(janitor.run(cfg.janitor_interval, shutdown.child_token()));
         info!(namespace = %cfg.namespace, pool = %cfg.pool, manager = %cfg.manager, "kube pool started");
@@ -240,6 +248,7 @@ impl KubePool {
                 pods,
                 deployments,
                 standby,
+                claimed_pods,
                 metrics,
                 claimed: AtomicU64::new(0),
                 warm_hits: AtomicU64::new(0),
@@ -256,19 +265,24 @@ impl KubePool {
 
     /// A scaler for the standby Deployment; run it with
     /// [`Scaler::run`] and a queue-depth source.
+    ///
+    /// Its in-flight count is cluster-wide ([`jobs_in_flight`](Self::jobs_in_flight)),
+    /// so several managers compute the same target from the same queue.
     pub fn scaler(&self) -> Scaler {
-        let inner = Arc::downgrade(&self.inner);
+        let claimed = self.inner.claimed_pods.clone();
         Scaler::new(
             self.inner.deployments.clone(),
             self.inner.cfg.deployment.clone(),
             self.inner.cfg.scale,
-            Arc::new(move || {
-                inner
-                    .upgrade()
-                    .map_or(0, |i| i.claimed.load(Ordering::Relaxed))
-            }),
+            Arc::new(move || standby::running(&claimed)),
             self.inner.metrics.clone(),
         )
+    }
+
+    /// Jobs running in the pool now, across every manager: its claimed,
+    /// not yet terminating pods, as the claimed-pods watch last saw them.
+    pub fn jobs_in_flight(&self) -> u64 {
+        standby::running(&self.inner.claimed_pods)
     }
 
     /// Runs the [`Scaler`] in the background with `depth` as the queue

@@ -33,6 +33,7 @@ async fn the_pool_scales_up_and_down_with_queue_depth() {
     // ...and in-flight jobs count as demand.
     let a = pool.claim(uuid::Uuid::new_v4()).await.unwrap().sandbox;
     let b = pool.claim(uuid::Uuid::new_v4()).await.unwrap().sandbox;
+    wait_in_flight(&pool, 2).await;
     assert_eq!(
         scaler.reconcile(1).await.unwrap(),
         3,
@@ -92,4 +93,43 @@ async fn the_scaler_loop_follows_its_depth_source() {
 
     stop.cancel();
     task.await.unwrap();
+}
+
+/// Polls until `pool`'s claimed-pods watch sees `n` jobs in flight (60 s at most).
+async fn wait_in_flight(pool: &pod_manager::pool::kube::KubePool, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while pool.jobs_in_flight() != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never saw {n} jobs in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn every_manager_counts_the_jobs_of_all_managers() {
+    // Arrange: manager A runs two jobs; manager B runs none.
+    let fake = fake(FakeOptions {
+        replicas: 2,
+        ..FakeOptions::default()
+    })
+    .await;
+    let (a, _) = pool(&fake, "manager-a").await;
+    let (b, _) = pool(&fake, "manager-b").await;
+    let one = a.claim(uuid::Uuid::new_v4()).await.unwrap().sandbox;
+    let two = a.claim(uuid::Uuid::new_v4()).await.unwrap().sandbox;
+    wait_in_flight(&a, 2).await;
+    wait_in_flight(&b, 2).await;
+
+    // Act: both scalers look at the same empty queue.
+    let from_a = a.scaler().reconcile(0).await.unwrap();
+    let from_b = b.scaler().reconcile(0).await.unwrap();
+
+    // Assert: the same target (min 1, max 5, no delay: 0 queued + 2
+    // running), so they never fight over the replicas.
+    assert_eq!((from_a, from_b), (2, 2));
+    a.destroy(one).await;
+    a.destroy(two).await;
+    wait_in_flight(&b, 0).await;
 }

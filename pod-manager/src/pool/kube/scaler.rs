@@ -10,7 +10,9 @@
 //! Deployment's `scale` subresource.
 //!
 //! With several pod-managers each runs a scaler; they read the same queue
-//! depth and converge on the same target. KEDA's RabbitMQ scaler is the
+//! depth and count the same in-flight jobs (every manager's claimed pods,
+//! watched by [`KubePool`](super::KubePool)), so they converge on the same
+//! target. KEDA's RabbitMQ scaler is the
 //! alternative (see docs/operations.md): disable ours with
 //! `WARMPOD_POOL_SCALER=off` and let a `ScaledObject` own the replicas.
 

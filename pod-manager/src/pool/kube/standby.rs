@@ -47,26 +47,11 @@ impl StandbySet {
     /// Starts the watch of `pool`'s standby pods; it stops when `shutdown`
     /// fires. Watch errors are retried with kube-runtime's default backoff.
     pub fn start(pods: Api<Pod>, pool: &str, shutdown: CancellationToken) -> Self {
-        let (store, writer) = reflector::store();
-        let (tx, changes) = watch::channel(0u64);
-        let config =
-            watcher::Config::default().labels(&labels::state_selector(pool, labels::STANDBY));
-        let stream = reflector::reflector(writer, watcher(pods, config)).default_backoff();
-        tokio::spawn(async move {
-            let mut stream = pin!(stream);
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    event = stream.next() => match event {
-                        Some(Ok(_)) => tx.send_modify(|n| *n += 1),
-                        Some(Err(e)) => warn!(error = %e, "standby pod watch failed; retrying"),
-                        None => break,
-                    },
-                }
-            }
-            // Wake waiting claims so they see the shutdown.
-            tx.send_modify(|n| *n += 1);
-        });
+        let (store, changes) = reflect(
+            pods,
+            &labels::state_selector(pool, labels::STANDBY),
+            shutdown,
+        );
         Self {
             store,
             changes,
@@ -153,6 +138,48 @@ impl StandbySet {
             }
         }
     }
+}
+
+/// Keeps a reflector store of the pods matching `selector` until
+/// `shutdown` fires; the receiver changes on every watch event (and once
+/// more when the watch stops). Watch errors are retried with
+/// kube-runtime's default backoff.
+pub fn reflect(
+    pods: Api<Pod>,
+    selector: &str,
+    shutdown: CancellationToken,
+) -> (Store<Pod>, watch::Receiver<u64>) {
+    let (store, writer) = reflector::store();
+    let (tx, changes) = watch::channel(0u64);
+    let config = watcher::Config::default().labels(selector);
+    let stream = reflector::reflector(writer, watcher(pods, config)).default_backoff();
+    let selector = selector.to_owned();
+    tokio::spawn(async move {
+        let mut stream = pin!(stream);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                event = stream.next() => match event {
+                    Some(Ok(_)) => tx.send_modify(|n| *n += 1),
+                    Some(Err(e)) => warn!(error = %e, %selector, "pod watch failed; retrying"),
+                    None => break,
+                },
+            }
+        }
+        // Wake waiters so they see the shutdown.
+        tx.send_modify(|n| *n += 1);
+    });
+    (store, changes)
+}
+
+/// Claimed pods of the pool that are not terminating: the jobs running
+/// now, across every manager.
+pub fn running(claimed: &Store<Pod>) -> u64 {
+    claimed
+        .state()
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .count() as u64
 }
 
 /// Whether `pod` can be claimed: labelled standby, running, Ready and not
