@@ -178,7 +178,7 @@ pub struct Config {
     /// for the shared pool size).
     pub local: LocalConfig,
     /// The Kubernetes backend's settings (`WARMPOD_KUBE_*`, `WARMPOD_POD_NAME`,
-    /// `WARMPOD_POOL_*`, `WARMPOD_JANITOR_*`; see [`kube_config`]).
+    /// `WARMPOD_POOL_*`, `WARMPOD_JANITOR_*`; see docs/operations.md).
     pub kube: KubeConfig,
     /// Where `/metrics` and `/health` are served (`WARMPOD_METRICS_ADDR`;
     /// port 0 picks a free one).
