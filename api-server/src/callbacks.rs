@@ -60,6 +60,7 @@ impl Deliverer {
 
     /// Delivers the event's callback, if it has one. Never fails: outcomes
     /// are logged and counted.
+    #[tracing::instrument(name = "callback", skip_all, fields(id = %event.id))]
     pub async fn deliver(&self, event: &JobEvent) {
         let Some(url) = event.meta.callback_url.clone() else {
             return;

@@ -207,6 +207,7 @@ impl Core {
     ///
     /// # Errors
     /// 429 when the queue is full; 503 when the broker is unavailable.
+    #[tracing::instrument(name = "submit", skip_all, fields(id = %message.job.id, language = %message.job.language))]
     pub async fn publish(
         &self,
         message: JobMessage,

@@ -75,3 +75,15 @@ async fn openapi_document_validates_and_lists_every_route() {
         assert!(paths.contains_key(path), "OpenAPI lacks {path}");
     }
 }
+
+#[test]
+fn bad_configuration_exits_64_naming_the_variable() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_api-server"))
+        .env("WARMPOD_HTTP_ADDR", "127.0.0.1:0")
+        .env("WARMPOD_MAX_BATCH", "zero")
+        .output()
+        .expect("api-server runs");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("WARMPOD_MAX_BATCH"), "{stderr}");
+}
