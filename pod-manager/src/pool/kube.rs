@@ -217,7 +217,7 @@ impl KubePool {
             kube_error(
                 format!(
                     "listing pods in namespace {:?} (is the namespace there and may this \
-                         service account list pods? see k8s-config/pod-manager.yaml)",
+                         service account list pods? see k8s-config/base/pod-manager.yaml)",
                     cfg.namespace
                 ),
                 e,
