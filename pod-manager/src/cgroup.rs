@@ -90,6 +90,16 @@ impl CgroupManager {
     /// A human-readable reason why cgroups cannot be used here; the caller
     /// runs on rlimits alone and says so.
     pub fn create(limits: Limits) -> Result<Self, String> {
+        Self::create_at(Path::new(CGROUP_MOUNT), limits)
+    }
+
+    /// [`create`](Self::create) with the hierarchies mounted at `mount`
+    /// instead of `/sys/fs/cgroup` (a v2 mount there is used as v2; else
+    /// `mount/{memory,pids}` as v1 plus `mount/unified`).
+    ///
+    /// # Errors
+    /// See [`create`](Self::create).
+    pub fn create_at(mount: &Path, limits: Limits) -> Result<Self, String> {
         let own = fs::read_to_string("/proc/self/cgroup")
             .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
         let name = format!(
@@ -97,7 +107,6 @@ impl CgroupManager {
             std::process::id(),
             NEXT_PARENT.fetch_add(1, Ordering::Relaxed)
         );
-        let mount = Path::new(CGROUP_MOUNT);
         let mut hierarchies = Vec::new();
         if mount.join("cgroup.controllers").exists() {
             let base = mount.join(rel(own_path(&own, None).unwrap_or("/")));
@@ -239,6 +248,16 @@ impl CgroupManager {
     }
 }
 
+impl Drop for CgroupManager {
+    /// Removes the parent cgroup if [`remove`](Self::remove) was not called
+    /// (a pool dropped without shutdown); a no-op after it.
+    fn drop(&mut self) {
+        if self.hierarchies.iter().any(|h| h.parent.exists()) {
+            self.remove();
+        }
+    }
+}
+
 impl SandboxCgroup {
     /// Opens every `cgroup.procs` for writing: a process that writes `0` to
     /// each of them (between fork and exec) moves itself into this cgroup.
@@ -250,6 +269,11 @@ impl SandboxCgroup {
             .iter()
             .map(|d| OpenOptions::new().write(true).open(d.join("cgroup.procs")))
             .collect()
+    }
+
+    /// The cgroup's directory in every hierarchy.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.dirs
     }
 
     /// Pids currently in the cgroup.

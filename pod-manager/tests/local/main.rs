@@ -1,6 +1,7 @@
 //! Black-box tests of pod-manager on the local (bubblewrap) backend,
 //! against a real RabbitMQ at `AMQP_URL`. Each test uses its own queue and
 //! exchange names.
+mod cgroup;
 mod consumer;
 mod helpers;
 mod pool;
