@@ -103,10 +103,9 @@ impl Identity {
                 Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| lock_err(e.into()))?;
             return Self::dedicated(uid, lock).map_err(lock_err);
         }
-        let span = UID_RANGE.end() - UID_RANGE.start() + 1;
-        let start = std::process::id() % span;
-        for i in 0..span {
-            let uid = UID_RANGE.start() + (start + i) % span;
+        // Lowest free uid first: the few uids concurrent runners use get
+        // reused, and so are usually found clean.
+        for uid in UID_RANGE {
             let file = open_lock(lock_dir, uid).map_err(lock_err)?;
             if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 return Self::dedicated(uid, lock).map_err(lock_err);
@@ -261,12 +260,17 @@ fn ensure_private_dir(dir: &Path) -> io::Result<()> {
 
 /// The lock file's content when its last holder left the uid clean.
 const CLEAN: &[u8] = b"clean\n";
-/// Its content while a runner holds it.
+/// Its content while a runner holds it (as long as [`CLEAN`]).
 const DIRTY: &[u8] = b"dirty\n";
 
+/// Overwrites the state in place (both states have the same length, so no
+/// truncation, which costs a metadata update, unless the file is longer).
 fn write_state(file: &File, state: &[u8]) -> io::Result<()> {
-    file.set_len(0)?;
-    file.write_all_at(state, 0)
+    file.write_all_at(state, 0)?;
+    if file.metadata()?.len() != state.len() as u64 {
+        file.set_len(state.len() as u64)?;
+    }
+    Ok(())
 }
 
 fn open_lock(dir: &Path, uid: u32) -> io::Result<File> {
