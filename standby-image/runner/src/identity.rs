@@ -327,6 +327,12 @@ mod tests {
                 .unwrap()
                 .needs_sweep()
         );
+        let lock_file = dir.path().join(format!("{uid}.lock"));
+        fs::write(&lock_file, "clean\nand more").unwrap();
+        let fourth = Identity::acquire(Some(uid), dir.path()).unwrap();
+        assert!(fourth.needs_sweep(), "only an exact `clean` counts");
+        fourth.mark_clean().unwrap();
+        assert_eq!(fs::read_to_string(&lock_file).unwrap(), "clean\n");
     }
 
     #[test]
