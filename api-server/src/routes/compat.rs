@@ -94,13 +94,24 @@ async fn run(core: &Core, submission: Submission) -> Result<Execution, ApiError>
         .ok_or(ApiError::WaitTimeout(id))
 }
 
-/// Everything the program (or its compiler) printed, as a terminal shows it.
+/// The compiler's output when compiling failed (warnings of a successful
+/// compile are not the program's output).
+fn compile_errors(r: &warmpod_protocol::JobResult) -> &str {
+    if r.status == Status::CompileError {
+        &r.compile_output
+    } else {
+        ""
+    }
+}
+
+/// Everything the program (or its failed compile) printed, as a terminal
+/// shows it.
 fn text_output(e: &Execution) -> String {
     let Some(r) = &e.result else {
         return String::new();
     };
     let mut out = String::new();
-    for part in [&r.compile_output, &r.stdout, &r.stderr] {
+    for part in [compile_errors(r), &r.stdout, &r.stderr] {
         out.push_str(part);
     }
     if r.status != Status::Accepted
@@ -151,7 +162,7 @@ pub async fn execute(
         let e = run(&core, simple(&language, request.code)).await?;
         let r = e.result.as_ref();
         let error = r
-            .map(|r| format!("{}{}", r.compile_output, r.stderr))
+            .map(|r| format!("{}{}", compile_errors(r), r.stderr))
             .unwrap_or_default();
         let status_code = r.map_or(-1, |r| {
             r.exit_code

@@ -54,6 +54,26 @@ async fn execute_and_lang_return_program_output() {
         .await
         .unwrap();
     assert_eq!(bash.text().await.unwrap(), "from bash\n");
+
+    // A compiler warning is not output; a compile error is.
+    let c = app
+        .client
+        .post(app.url("/lang/c"))
+        .body("int main(){puts(\"c ok\");}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(c.headers()["x-warmpod-status"], "accepted");
+    assert_eq!(c.text().await.unwrap(), "c ok\n");
+    let cpp = app
+        .client
+        .post(app.url("/lang/cpp"))
+        .body("int main( {")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cpp.headers()["x-warmpod-status"], "compile_error");
+    assert!(cpp.text().await.unwrap().contains("error"));
 }
 
 #[tokio::test]
