@@ -44,6 +44,8 @@ RUNS ?= 300
 bench-runner: ## runner size and start-up: a Python hello world job vs python3 directly (RUNS=300)
 	$(CARGO) build --release -p warmpod-runner
 	standby-image/runner/bench/startup.py "$${CARGO_TARGET_DIR:-target}/release/warmpod-runner" $(RUNS)
+	@# As root, also as an unprivileged uid (how the runner runs in a sandbox or pod).
+	if [ "$$(id -u)" = 0 ]; then standby-image/runner/bench/startup.py "$${CARGO_TARGET_DIR:-target}/release/warmpod-runner" $(RUNS) --as-uid 65432; fi
 
 # --- Kubernetes (docs/operations.md, "Kubernetes with minikube") -----------
 MINIKUBE ?= minikube
