@@ -26,8 +26,8 @@ use crate::sys;
 /// time.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
-/// Every how many polls the CPU time of the whole process tree is summed
-/// (a `/proc` scan, so less often).
+/// Every how many CPU checks the whole process tree's CPU time is summed
+/// instead of the main process's (a `/proc` scan, so less often).
 pub const TREE_POLL_EVERY: u32 = 10;
 
 /// How long to wait for a SIGKILLed program to exit, and for the output
@@ -138,7 +138,14 @@ pub fn supervise(
         streams.push(Stream::new(stderr, watch.output_cap));
     }
 
-    let (stop, exited_at) = watch_until_end(pid, started, watch, &exit, &mut streams)?;
+    let (stop, exited_at) = match watch_until_end(pid, started, watch, &exit, &mut streams) {
+        Ok(end) => end,
+        Err(e) => {
+            reaper::kill_everything(Some(pid), watch.dedicated_uid, true);
+            let _ = sys::wait4(pid, false);
+            return Err(e);
+        }
+    };
     // Still unreaped, the program's pid holds its process group id, so the
     // group cannot be a stranger's. A program that ended on its own needs
     // neither the /proc scan nor the kill-as-uid helper here: whatever it
@@ -169,7 +176,9 @@ pub fn supervise(
 }
 
 /// The poll loop: returns when the program exits (no stop, with the exit
-/// time) or a limit fires (the stop).
+/// time) or a limit fires (the stop). The CPU time is checked every
+/// [`POLL_INTERVAL`] whatever the pipes do, so a program that keeps writing
+/// cannot keep the check from running.
 fn watch_until_end(
     pid: i32,
     started: Instant,
@@ -178,14 +187,16 @@ fn watch_until_end(
     streams: &mut [Stream],
 ) -> Result<(Option<Stop>, Option<Instant>), SuperviseError> {
     let wall_deadline = started + watch.wall;
-    let mut polls = 0u32;
+    let mut next_check = started + POLL_INTERVAL;
+    let mut checks = 0u32;
     loop {
         let now = Instant::now();
         if now >= wall_deadline {
             return Ok((Some(Stop::WallTime), None));
         }
-        let ready = poll_ready(exit.fd(), streams, POLL_INTERVAL.min(wall_deadline - now))
-            .map_err(|e| SuperviseError::Wait(e.into()))?;
+        let wake = next_check.min(wall_deadline).saturating_duration_since(now);
+        let ready =
+            poll_ready(exit.fd(), streams, wake).map_err(|e| SuperviseError::Wait(e.into()))?;
         let mut overflow = false;
         for (stream, readable) in streams.iter_mut().zip(&ready.streams) {
             if *readable {
@@ -198,9 +209,11 @@ fn watch_until_end(
         if ready.exited {
             return Ok((None, Some(Instant::now())));
         }
-        if ready.timed_out {
-            polls = polls.wrapping_add(1);
-            let cpu_ms = if polls.is_multiple_of(TREE_POLL_EVERY) {
+        let now = Instant::now();
+        if now >= next_check {
+            next_check = now + POLL_INTERVAL;
+            checks = checks.wrapping_add(1);
+            let cpu_ms = if checks.is_multiple_of(TREE_POLL_EVERY) {
                 Some(ticks_to_ms(reaper::descendants_cpu_ticks()))
             } else {
                 cpu_time_ms(pid)

@@ -1,12 +1,10 @@
 //! The `--versions` and `--check` modes.
 
 use std::os::unix::process::ExitStatusExt;
-use std::time::{Duration, Instant};
-
 use warmpod_protocol::Status;
 
 use crate::helpers::{
-    assert_nothing_left, assert_status, is_root, job, parse_single_line, run_raw,
+    assert_nothing_left, assert_status, is_root, job, parse_single_line, run_raw, wait_until,
 };
 
 #[test]
@@ -85,7 +83,7 @@ fn leftovers_of_a_crashed_runner_are_killed_at_start() {
     let lock_dir = locks.path().to_str().expect("UTF-8 path");
     // A process of the uid that no runner reaped (the lock file does not
     // say `clean`, as after a runner killed mid-job).
-    let mut leftover = std::process::Command::new("/usr/bin/setpriv")
+    let leftover = std::process::Command::new("/usr/bin/setpriv")
         .args([
             "--reuid",
             &uid,
@@ -97,26 +95,38 @@ fn leftovers_of_a_crashed_runner_are_killed_at_start() {
         ])
         .spawn()
         .expect("leftover started");
+    let mut leftover = KillOnDrop(leftover);
+    let leftover = &mut leftover.0;
+    wait_until("the leftover runs as the uid", || {
+        std::fs::read_to_string(format!("/proc/{}/status", leftover.id()))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some(uid.as_str()))
+    });
     let test_job = job("bash", "echo hi");
     let (status, stdout) = run_raw(&["--uid", &uid, "--lock-dir", lock_dir], &test_job.line());
     assert!(status.success());
     assert_status(&parse_single_line(&stdout), Status::Accepted);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let exit = loop {
-        if let Some(exit) = leftover.try_wait().expect("leftover waited for") {
-            break exit;
-        }
-        if Instant::now() > deadline {
-            let _ = leftover.kill();
-            panic!("the leftover survived the runner's start-up sweep");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    assert_eq!(exit.signal(), Some(9), "killed by SIGKILL");
+    let mut exit = None;
+    wait_until("the leftover is killed by the start-up sweep", || {
+        exit = leftover.try_wait().expect("leftover waited for");
+        exit.is_some()
+    });
+    assert_eq!(exit.and_then(|e| e.signal()), Some(9), "killed by SIGKILL");
     let state =
         std::fs::read_to_string(locks.path().join(format!("{uid}.lock"))).expect("lock file");
     assert_eq!(
         state, "clean\n",
         "a runner that reaped everything leaves the uid clean"
     );
+}
+
+/// A child killed and reaped when the test ends, even when it fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

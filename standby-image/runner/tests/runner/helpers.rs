@@ -236,3 +236,16 @@ pub fn is_marked(pid: i32, marker: &str) -> bool {
 pub fn assert_status(result: &JobResult, status: Status) {
     assert_eq!(result.status, status, "{result:#?}");
 }
+
+/// Waits (polling every 10 ms) until `condition` holds; fails the test
+/// after [`DEADLINE`].
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
