@@ -78,15 +78,23 @@ impl Identity {
     /// See [`IdentityError`].
     pub fn acquire(pinned: Option<u32>, lock_dir: &Path) -> Result<Self, IdentityError> {
         let euid = nix::unistd::geteuid().as_raw();
-        let range_mapped = [UID_RANGE.start(), UID_RANGE.end()]
+        if euid != 0 {
+            return Ok(Self::Inherited { uid: euid });
+        }
+        // Unreadable maps (no /proc): assume the initial namespace, where
+        // every id exists, rather than fall back to running programs as root.
+        let read_map = |path| fs::read_to_string(path).unwrap_or_else(|_| HOST_MAP.to_string());
+        let (uid_map, gid_map) = (
+            read_map("/proc/self/uid_map"),
+            read_map("/proc/self/gid_map"),
+        );
+        let mapped = [UID_RANGE.start(), UID_RANGE.end()]
             .into_iter()
             .chain(pinned.as_ref())
-            .all(|id| {
-                id_is_mapped("/proc/self/uid_map", *id) && id_is_mapped("/proc/self/gid_map", *id)
-            });
-        if euid != 0 || !range_mapped {
-            // Not root, or root of a user namespace (e.g. a sandbox) where
-            // the program uids do not exist: run programs as ourselves.
+            .all(|&id| map_covers(&uid_map, id) && map_covers(&gid_map, id));
+        if !mapped {
+            // Root of a user namespace (e.g. a sandbox) where the program
+            // uids do not exist: run programs as ourselves.
             return Ok(Self::Inherited { uid: euid });
         }
         if pinned == Some(0) {
@@ -190,12 +198,11 @@ impl Identity {
     }
 }
 
-/// Whether id `id` exists in this user namespace according to `map_file`
-/// (`/proc/self/uid_map` format: `inside outside count` lines).
-fn id_is_mapped(map_file: &str, id: u32) -> bool {
-    fs::read_to_string(map_file).is_ok_and(|map| map_covers(&map, id))
-}
+/// The id map of the initial user namespace.
+const HOST_MAP: &str = "0 0 4294967295";
 
+/// Whether `id` exists in this user namespace according to `map`
+/// (`/proc/self/uid_map` format: `inside outside count` lines).
 fn map_covers(map: &str, id: u32) -> bool {
     map.lines().any(|line| {
         let mut f = line.split_whitespace().map(|v| v.parse::<u64>());
