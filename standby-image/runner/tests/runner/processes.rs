@@ -1,6 +1,8 @@
 //! Processes: fork bombs, daemons and `setsid` grandchildren are all
 //! killed; the program runs unprivileged in a clean environment.
 
+use std::time::{Duration, Instant};
+
 use serde_json::json;
 use warmpod_protocol::Status;
 
@@ -48,7 +50,13 @@ fn double_forked_daemon_is_killed() {
     // The daemon keeps stdout and stderr open and sleeps; the runner must
     // not wait for those pipes, and must kill it.
     let test_job = job("python", DAEMON).limits(json!({ "wall_time_ms": 20000 }));
+    let started = Instant::now();
     let result = test_job.run();
+    // A bound, not a performance figure: the daemon sleeps 600 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the runner returned within the wall limit"
+    );
     assert_status(&result, Status::Accepted);
     let daemon: i32 = result.stdout.trim().parse().expect("daemon pid printed");
     assert!(
