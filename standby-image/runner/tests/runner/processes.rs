@@ -12,9 +12,15 @@ use crate::helpers::{assert_status, is_marked, is_root, job};
 fn fork_bomb_is_contained() {
     // The bomb runs in the background; the main process sleeps on, so the
     // wall clock ends the run.
+    let started = Instant::now();
     let result = job("bash", ":(){ :|:& };:\nexec sleep 600")
         .limits(json!({ "max_processes": 16, "wall_time_ms": 3000 }))
         .run();
+    // A bound with a wide margin, not a performance figure.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the runner returned promptly"
+    );
     assert_status(&result, Status::TimeLimitExceeded);
     assert!(
         result.stderr.contains("Resource temporarily unavailable"),
