@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, field::Empty};
 use uuid::Uuid;
-use warmpod_protocol::{JobEvent, JobMessage, JobResult, RuntimeVersions, Status};
+use warmpod_protocol::{Job, JobEvent, JobMessage, JobResult, RuntimeVersions, Status};
 
 use crate::config::Config;
 use crate::metrics::{Metrics, Phase};
@@ -383,47 +383,53 @@ async fn process<P: WarmPool>(ctx: &Context<P>, delivery: &Delivery) -> Result<(
     Ok(())
 }
 
-/// Claims (publishing `running` meanwhile) and runs, retrying an
-/// infrastructure failure once on a fresh sandbox.
+/// Claims and runs, publishing `running` meanwhile (off the critical path;
+/// awaited before returning, so the final event always follows it).
 async fn run_job<P: WarmPool>(ctx: &Context<P>, msg: &JobMessage) -> Result<JobResult, JobError> {
-    let job = &msg.job;
     let running = JobEvent {
-        id: job.id,
+        id: msg.job.id,
         status: Status::Running,
         at_ms: now_ms(),
         meta: msg.meta.clone(),
         result: None,
     };
+    let publisher = ctx.publisher.borrow().clone();
+    let running_published = tokio::spawn(async move {
+        match publisher {
+            Some(p) => p.event(&running).await,
+            None => Ok(()),
+        }
+    });
+    let outcome = claim_and_run(ctx, &msg.job).await;
+    match running_published.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "the running event was not confirmed"),
+        Err(e) => tracing::warn!(error = %e, "publishing the running event failed"),
+    }
+    outcome
+}
+
+/// Claims a sandbox and runs the job, retrying an infrastructure failure
+/// once on a fresh sandbox.
+async fn claim_and_run<P: WarmPool>(ctx: &Context<P>, job: &Job) -> Result<JobResult, JobError> {
     let mut claim_ms = 0u64;
     let mut warm_first = None;
+    let mut last_error = None;
     for attempt in 1..=2 {
         let claim_started = Instant::now();
-        let claim = async {
-            tokio::select! {
-                claimed = ctx.pool.claim(job.id) => Some(claimed),
-                () = ctx.shutdown.cancelled() => None,
-            }
-        };
-        let claimed = if attempt == 1 {
-            let (claimed, published) = tokio::join!(claim, publish_running(ctx, &running));
-            if let Err(e) = published {
-                tracing::warn!(error = %e, "the running event was not confirmed");
-            }
-            claimed
-        } else {
-            claim.await
-        };
-        let Claimed { mut sandbox, warm } = match claimed {
-            None if attempt == 1 => return Err(JobError::NotStarted),
-            None => {
+        let claimed = tokio::select! {
+            claimed = ctx.pool.claim(job.id) => claimed,
+            () = ctx.shutdown.cancelled() => {
+                if attempt == 1 {
+                    return Err(JobError::NotStarted);
+                }
                 return Ok(JobResult::internal_error(
                     job.id,
                     "pod-manager shut down before the job could be retried",
                 ));
             }
-            Some(Err(e)) => return Err(JobError::Claim(e)),
-            Some(Ok(c)) => c,
         };
+        let Claimed { mut sandbox, warm } = claimed.map_err(JobError::Claim)?;
         let took = claim_started.elapsed();
         claim_ms += took.as_millis() as u64;
         ctx.metrics.phase(Phase::Claim, took);
@@ -434,31 +440,30 @@ async fn run_job<P: WarmPool>(ctx: &Context<P>, msg: &JobMessage) -> Result<JobR
         let pool = ctx.pool.clone();
         ctx.destroys
             .spawn(async move { pool.destroy(sandbox).await });
-        match ran {
-            Ok(mut result) => {
+        let mut result = match ran {
+            Ok(result) => {
                 ctx.metrics.phase(Phase::Exec, exec);
-                result.claim_ms = Some(claim_ms);
-                result.exec_ms = Some(exec.as_millis() as u64);
-                result.warm = warm_first;
-                return Ok(result);
+                result
             }
             Err(e) => {
                 ctx.metrics.infra_failure(&e);
                 tracing::warn!(error = %e, attempt, "the sandbox failed");
-                if attempt == 2 {
-                    let mut result = JobResult::internal_error(
-                        job.id,
-                        format!("the sandbox failed twice; last error: {e}"),
-                    );
-                    result.claim_ms = Some(claim_ms);
-                    result.exec_ms = Some(exec.as_millis() as u64);
-                    result.warm = warm_first;
-                    return Ok(result);
+                if attempt == 1 {
+                    last_error = Some(e);
+                    continue;
                 }
+                JobResult::internal_error(
+                    job.id,
+                    format!("the sandbox failed twice; last error: {e}"),
+                )
             }
-        }
+        };
+        result.claim_ms = Some(claim_ms);
+        result.exec_ms = Some(exec.as_millis() as u64);
+        result.warm = warm_first;
+        return Ok(result);
     }
-    unreachable!("the loop returns on its second attempt")
+    unreachable!("the second attempt always returns (first error: {last_error:?})")
 }
 
 fn final_event(msg: &JobMessage, mut result: JobResult) -> JobEvent {
@@ -470,17 +475,6 @@ fn final_event(msg: &JobMessage, mut result: JobResult) -> JobEvent {
         at_ms,
         meta: msg.meta.clone(),
         result: Some(result),
-    }
-}
-
-async fn publish_running<P: WarmPool>(
-    ctx: &Context<P>,
-    event: &JobEvent,
-) -> Result<(), queue::Error> {
-    let publisher = ctx.publisher.borrow().clone();
-    match publisher {
-        Some(p) => p.event(event).await,
-        None => Ok(()),
     }
 }
 
