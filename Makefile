@@ -47,6 +47,23 @@ bench-runner: ## runner size and start-up: a Python hello world job vs python3 d
 	@# As root, also as an unprivileged uid (how the runner runs in a sandbox or pod).
 	if [ "$$(id -u)" = 0 ]; then standby-image/runner/bench/startup.py "$${CARGO_TARGET_DIR:-target}/release/warmpod-runner" $(RUNS) --as-uid 65432; fi
 
+# --- Whole-stack figures (docs/benchmarks.md); each starts its own stack ----
+.PHONY: bench load chaos release
+BENCH_ARGS ?=
+N ?= 2000
+C ?= 32
+release: ## release build of the api-server, pod-manager and runner (what bench, load, chaos run)
+	$(CARGO) build --release -p api-server -p pod-manager -p warmpod-runner
+
+bench: rabbitmq release ## e2e latency (Python, JS, C) and throughput vs bare spawns, per-phase breakdown (BENCH_ARGS=--samples 200)
+	/usr/bin/python3 bench/bench.py $(BENCH_ARGS)
+
+load: rabbitmq release ## N async jobs (default 2000) at concurrency C (32), each checked; nothing lost or wrong
+	/usr/bin/python3 bench/load.py -n $(N) -c $(C)
+
+chaos: rabbitmq release ## fault drills under load (kills pod-manager, restarts RabbitMQ, kills an api-server, abusive jobs); not part of `make test`
+	/usr/bin/python3 bench/chaos.py $(BENCH_ARGS)
+
 # --- Kubernetes (docs/operations.md, "Kubernetes with minikube") -----------
 MINIKUBE ?= minikube
 KUBECTL ?= kubectl
