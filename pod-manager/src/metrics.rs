@@ -1,5 +1,5 @@
-//! Prometheus metrics as a struct, and a tiny HTTP server for `/metrics`
-//! and `/health`.
+//! Prometheus metrics as a struct, and a tiny HTTP server for `/metrics`,
+//! `/health` (the process answers) and `/readyz` (connected to RabbitMQ).
 //!
 //! Metric names (all prefixed `warmpod_pod_manager_`):
 //! - `phase_seconds{phase}`: histogram of `queue`, `claim`, `exec`, `total`;
@@ -293,6 +293,14 @@ async fn answer(
             )
         }
         ("GET", "/health") => ("200 OK", "text/plain", "ok\n".to_string()),
+        ("GET", "/readyz") if metrics.broker_connected.get() == 1 => {
+            ("200 OK", "text/plain", "ready\n".to_string())
+        }
+        ("GET", "/readyz") => (
+            "503 Service Unavailable",
+            "text/plain",
+            "not connected to RabbitMQ\n".to_string(),
+        ),
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
         _ => (
             "405 Method Not Allowed",
@@ -342,26 +350,39 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn server_answers_metrics_and_health() {
+    async fn server_answers_metrics_health_and_readiness() {
         let m = Metrics::new().unwrap();
         let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         let addr = server.local_addr();
-        let task = tokio::spawn(server.serve(m, Arc::new(PoolStats::default)));
-        for (path, expect) in [
-            ("/health", "ok"),
-            ("/metrics", "warmpod_pod_manager_pool_ready 0"),
-        ] {
+        let task = tokio::spawn(server.serve(m.clone(), Arc::new(PoolStats::default)));
+        let get = |path: &'static str| async move {
             let mut s = TcpStream::connect(addr).await.unwrap();
             s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
                 .await
                 .unwrap();
             let mut out = String::new();
             s.read_to_string(&mut out).await.unwrap();
-            assert!(out.starts_with("HTTP/1.1 200"), "{path}: {out}");
-            assert!(out.contains(expect), "{path}: {out}");
+            out
+        };
+        let cases = [
+            ("/health", "HTTP/1.1 200", "ok"),
+            (
+                "/metrics",
+                "HTTP/1.1 200",
+                "warmpod_pod_manager_pool_ready 0",
+            ),
+            ("/readyz", "HTTP/1.1 503", "not connected"),
+            ("/nope", "HTTP/1.1 404", "not found"),
+        ];
+        for (path, status, body) in cases {
+            let out = get(path).await;
+            assert!(out.starts_with(status), "{path}: {out}");
+            assert!(out.contains(body), "{path}: {out}");
         }
+        m.broker_connected(true);
+        assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
         task.abort();
     }
 }
