@@ -96,3 +96,23 @@ fn first_file_takes_the_default_name_and_others_keep_theirs() {
     assert_status(&result, Status::Accepted);
     assert_eq!(result.stdout, "data.txt main.sh ");
 }
+
+#[test]
+fn without_stdin_the_program_reads_eof_not_the_runners_stdin() {
+    // The runner's own stdin stays open in these tests: a program that got
+    // it would block until the wall limit.
+    let result = job("python", "import sys\nprint(repr(sys.stdin.read()))").run();
+    assert_status(&result, Status::Accepted);
+    assert_eq!(result.stdout, "''\n");
+}
+
+#[test]
+fn compiler_warnings_are_kept_on_success() {
+    let result = job(
+        "c",
+        "#warning \"careful now\"\nint main(void) { return 0; }",
+    )
+    .run();
+    assert_status(&result, Status::Accepted);
+    assert!(result.compile_output.contains("careful now"), "{result:#?}");
+}
