@@ -62,6 +62,15 @@ pub enum ApiError {
     /// A synchronous request outlived its wait (compat endpoints only): 504.
     #[error("the job {0} did not finish within the wait timeout; it is still queued or running")]
     WaitTimeout(uuid::Uuid),
+    /// Publishing failed part-way through a batch: the status of `cause`,
+    /// with the ids already queued (they will run; retry only the rest).
+    #[error("{cause} ({} of the batch were already queued; see `accepted`)", accepted.len())]
+    PartialBatch {
+        /// Ids queued before the failure, in request order.
+        accepted: Vec<uuid::Uuid>,
+        /// Why the next one was not.
+        cause: Box<ApiError>,
+    },
     /// Anything else: 500.
     #[error("internal error")]
     Unexpected(#[from] anyhow::Error),
@@ -97,6 +106,7 @@ impl ApiError {
         match self {
             Self::BadRequest { field, .. } => field.as_deref(),
             Self::Invalid { field, .. } | Self::TooLarge { field, .. } => Some(field),
+            Self::PartialBatch { cause, .. } => cause.field(),
             _ => None,
         }
     }
@@ -113,6 +123,7 @@ impl ApiError {
             Self::QueueFull { .. } => "queue_full",
             Self::Unavailable(_) => "unavailable",
             Self::WaitTimeout(_) => "wait_timeout",
+            Self::PartialBatch { cause, .. } => cause.code(),
             Self::Unexpected(_) => "internal",
         }
     }
@@ -142,6 +153,9 @@ pub struct ErrorBody {
     /// The request field at fault, e.g. `limits.memory_kb`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// Ids of a batch's jobs that were queued before it failed; they run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accepted: Option<Vec<uuid::Uuid>>,
 }
 
 impl ResponseError for ApiError {
@@ -155,19 +169,24 @@ impl ResponseError for ApiError {
             Self::RateLimited { .. } | Self::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::WaitTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::PartialBatch { cause, .. } => cause.status_code(),
             Self::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        match self {
+        let (kind, accepted) = match self {
+            Self::PartialBatch { accepted, cause } => (cause.as_ref(), Some(accepted.clone())),
+            other => (other, None),
+        };
+        match kind {
             Self::Unexpected(_) | Self::Unavailable(_) => {
                 tracing::error!(error.cause_chain = ?self, error.message = %self, "request failed");
             }
             _ => {}
         }
         let mut response = HttpResponse::build(self.status_code());
-        match self {
+        match kind {
             Self::RateLimited { retry_after_s } | Self::QueueFull { retry_after_s } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_s.to_string()));
             }
@@ -183,6 +202,7 @@ impl ResponseError for ApiError {
             error: self.to_string(),
             code: self.code().to_string(),
             field: self.field().map(str::to_string),
+            accepted,
         })
     }
 }

@@ -254,7 +254,8 @@ impl Core {
     /// # Errors
     /// 422 when there are more than the configured maximum; the first
     /// validation error (its field prefixed with `<field>[i].`); 429 or
-    /// 503 from publishing.
+    /// 503 from publishing, as [`ApiError::PartialBatch`] with the ids
+    /// already queued when some were.
     pub async fn submit_batch(
         &self,
         field: &str,
@@ -270,7 +271,10 @@ impl Core {
         }
         let mut ids = Vec::with_capacity(checked.len());
         for (message, info) in checked {
-            ids.push(self.publish(message, info).await?);
+            match self.publish(message, info).await {
+                Ok(id) => ids.push(id),
+                Err(e) => return Err(partial(ids, e)),
+            }
         }
         Ok(ids)
     }
@@ -320,6 +324,18 @@ impl Core {
                     Ok(Err(RecvError::Closed)) => return self.state.get(id),
                 }
             }
+        }
+    }
+}
+
+/// A batch's publish error, with the ids already queued if there are any.
+pub fn partial(accepted: Vec<Uuid>, cause: ApiError) -> ApiError {
+    if accepted.is_empty() {
+        cause
+    } else {
+        ApiError::PartialBatch {
+            accepted,
+            cause: Box::new(cause),
         }
     }
 }

@@ -351,13 +351,20 @@ pub async fn create_batch(
     let requests = body.into_inner().submissions;
     core.check_batch_size("submissions", requests.len())?;
     let mut out = Vec::with_capacity(requests.len());
+    let mut queued = Vec::new();
     for r in requests {
         let checked = r
             .into_submission(query.base64_encoded)
             .and_then(|s| core.validate(s))
             .map_err(rename);
         match checked {
-            Ok((message, info)) => out.push(json!({ "token": core.publish(message, info).await? })),
+            Ok((message, info)) => match core.publish(message, info).await {
+                Ok(token) => {
+                    queued.push(token);
+                    out.push(json!({ "token": token }));
+                }
+                Err(e) => return Err(crate::submit::partial(queued, e)),
+            },
             Err(
                 e @ (ApiError::Invalid { .. }
                 | ApiError::TooLarge { .. }

@@ -261,6 +261,7 @@ fn error_message(reference: Option<String>, e: &ApiError) -> ServerMessage {
             error: e.to_string(),
             code: e.code().to_string(),
             field: e.field().map(str::to_string),
+            accepted: None,
         },
     }
 }

@@ -55,6 +55,45 @@ async fn full_queue_answers_429_with_retry_after() {
 }
 
 #[tokio::test]
+async fn a_batch_meeting_a_full_queue_names_the_jobs_it_queued() {
+    let app = spawn_app_with(Options {
+        queue_max_length: Some(1),
+        ..Options::without_pod_manager()
+    })
+    .await;
+
+    let jobs: Vec<Value> = (0..4)
+        .map(|i| job("python", &format!("print({i})")))
+        .collect();
+    let r = app
+        .post_json(
+            "/v1/executions/batch",
+            &serde_json::json!({"executions": jobs}),
+        )
+        .await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "queue_full");
+    let accepted = body["accepted"]
+        .as_array()
+        .expect("the first job was queued");
+    assert!((1..4).contains(&accepted.len()), "{body}");
+    for id in accepted {
+        let state: Value = app
+            .get(&format!("/v1/executions/{}", id.as_str().unwrap()))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            state["status"], "queued",
+            "an accepted id is a real queued job"
+        );
+    }
+}
+
+#[tokio::test]
 async fn broker_down_answers_503_and_is_not_ready() {
     let app = spawn_app_with(Options {
         amqp_url: Some("amqp://guest:guest@127.0.0.1:1/%2f".into()),
