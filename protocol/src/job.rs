@@ -75,6 +75,11 @@ pub struct JobMeta {
     /// callbacks can be shaped the way that client expects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<String>,
+    /// The job's language key, so that every api-server replica (not only
+    /// the one that accepted the job) can show it, e.g. Judge0's
+    /// `language_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
 }
 
 impl Job {
