@@ -410,7 +410,8 @@ async fn run_job<P: WarmPool>(ctx: &Context<P>, msg: &JobMessage) -> Result<JobR
 }
 
 /// Claims a sandbox and runs the job, retrying an infrastructure failure
-/// once on a fresh sandbox.
+/// once on a fresh sandbox. A sandbox that does not answer within the job's
+/// limits plus grace is answered `time_limit_exceeded` without a retry.
 async fn claim_and_run<P: WarmPool>(ctx: &Context<P>, job: &Job) -> Result<JobResult, JobError> {
     let mut claim_ms = 0u64;
     let mut warm_first = None;
@@ -443,6 +444,21 @@ async fn claim_and_run<P: WarmPool>(ctx: &Context<P>, job: &Job) -> Result<JobRe
         let mut result = match ran {
             Ok(result) => {
                 ctx.metrics.phase(Phase::Exec, exec);
+                result
+            }
+            Err(pool::Error::Timeout(limit)) => {
+                // The runner enforces the job's limits itself; a sandbox
+                // that stays silent past limits + grace is most likely held
+                // up by the program (e.g. it starved the runner), so the
+                // verdict is the program's and running it again would only
+                // double the damage.
+                ctx.metrics.infra_failure(&pool::Error::Timeout(limit));
+                tracing::warn!(?limit, "the sandbox did not answer in time; not retried");
+                let mut result = JobResult::new(job.id, Status::TimeLimitExceeded);
+                result.wall_time_ms = limit.as_millis() as u64;
+                result.message = Some(format!(
+                    "the sandbox did not answer within {limit:?} (the job's limits plus grace) and was destroyed"
+                ));
                 result
             }
             Err(e) => {

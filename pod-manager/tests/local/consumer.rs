@@ -194,3 +194,52 @@ async fn a_failing_sandbox_is_retried_once_then_internal_error() {
     assert!(message.contains("failed twice"), "{message}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_sandbox_is_time_limit_exceeded_without_a_retry() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("warmpod-runner");
+    // Answers --versions, but never answers a job (a runner held up by
+    // its program).
+    std::fs::write(
+        &fake,
+        "#!/usr/bin/bash\nif [ \"$1\" = --versions ]; then echo '{}'; exit 0; fi\nread -r line\nexec sleep 1000\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let app = start(&[
+        ("WARMPOD_POOL_SIZE", "1"),
+        ("WARMPOD_RUNNER_PATH", fake.to_str().unwrap()),
+        ("WARMPOD_JOB_GRACE_MS", "200"),
+    ])
+    .await;
+    let mut j = job("python", "print(1)");
+    j.limits.wall_time_ms = Some(300);
+    app.broker.publish(&j).await;
+    let fin = app.broker.wait_event(j.id, None, WITHIN).await;
+    assert_eq!(fin.status, Status::TimeLimitExceeded);
+    let message = fin.result.unwrap().message.unwrap();
+    assert!(message.contains("did not answer"), "{message}");
+
+    // Metrics are recorded just after the final event is confirmed: poll
+    // for the verdict, then check that only one sandbox was claimed.
+    let verdict = "warmpod_pod_manager_jobs_total{status=\"time_limit_exceeded\"} 1";
+    let deadline = std::time::Instant::now() + WITHIN;
+    let metrics = loop {
+        let metrics = reqwest_metrics(app.metrics).await;
+        if metrics.contains(verdict) {
+            break metrics;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{verdict} missing in:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        metrics.contains("warmpod_pod_manager_phase_seconds_count{phase=\"claim\"} 1\n"),
+        "the job must not be retried on a second sandbox:\n{metrics}"
+    );
+    app.stop().await;
+}
