@@ -15,7 +15,7 @@ use hmac::{Hmac, Mac};
 use reqwest::{Method, StatusCode};
 use sha2::Sha256;
 use tracing::{info, warn};
-use warmpod_protocol::{JobEvent, Language};
+use warmpod_protocol::JobEvent;
 
 use crate::{
     config::CallbackConfig,
@@ -93,9 +93,7 @@ impl Deliverer {
         let value = match e.meta.api.as_deref() {
             Some(api @ ("judge0" | "judge0-base64")) => {
                 let name = e
-                    .submission
-                    .as_ref()
-                    .and_then(|s| Language::find(&s.language))
+                    .language()
                     .map(|l| display_name(l, self.versions.number(l.key).as_deref()));
                 let all = judge0_submission(e, api == "judge0-base64", name);
                 let mut fields = JUDGE0_DEFAULT_FIELDS.to_vec();

@@ -60,6 +60,16 @@ fn rank(status: Status) -> u8 {
 }
 
 impl Execution {
+    /// The job's language: from its metadata, else from the submission
+    /// when this replica accepted it.
+    pub fn language(&self) -> Option<&'static warmpod_protocol::Language> {
+        self.meta
+            .language
+            .as_deref()
+            .or(self.submission.as_ref().map(|s| s.language.as_str()))
+            .and_then(warmpod_protocol::Language::find)
+    }
+
     /// The state described by one event (final results judged).
     pub fn from_event(event: &JobEvent) -> Self {
         let mut e = Self {

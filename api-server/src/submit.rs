@@ -178,6 +178,7 @@ impl Core {
             expected_output: s.expected_output,
             tag: s.tag,
             api: Some(s.api.as_str().to_string()),
+            language: Some(lang.key.to_string()),
         };
         Ok((
             JobMessage {

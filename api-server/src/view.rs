@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
 use uuid::Uuid;
-use warmpod_protocol::{JobResult, Language, Status};
+use warmpod_protocol::{JobResult, Status};
 
 use crate::state::Execution;
 
@@ -25,6 +25,9 @@ pub struct ExecutionView {
     /// The client's own label, if it sent one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
+    /// The language key, e.g. `python`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
     /// When the job was queued (ms since the epoch), if this replica saw it.
     pub queued_at_ms: Option<u64>,
     /// When it started running, if this replica saw it.
@@ -105,6 +108,7 @@ impl From<&Execution> for ExecutionView {
             id: e.id,
             status: e.status.as_str().to_string(),
             tag: e.meta.tag.clone(),
+            language: e.language().map(|l| l.key.to_string()),
             queued_at_ms: e.queued_at_ms,
             running_at_ms: e.running_at_ms,
             finished_at_ms: e.finished_at_ms,
@@ -236,10 +240,7 @@ pub fn judge0_submission(
     };
     let r = e.result.as_ref();
     let status_id = judge0_status_id(e.status, r);
-    let lang = e
-        .submission
-        .as_ref()
-        .and_then(|s| Language::find(&s.language));
+    let lang = e.language();
     let seconds = |ms: u64| Value::String(format!("{:.3}", ms as f64 / 1000.0));
     let message = r.and_then(|r| {
         r.message

@@ -287,9 +287,7 @@ fn render(
     default: &[&str],
 ) -> Result<Map<String, Value>, ApiError> {
     let name = e
-        .submission
-        .as_ref()
-        .and_then(|s| Language::find(&s.language))
+        .language()
         .map(|l| display_name(l, core.versions.number(l.key).as_deref()));
     select_fields(judge0_submission(e, base64, name), fields, default).map_err(|f| {
         ApiError::bad_request(

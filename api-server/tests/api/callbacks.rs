@@ -124,6 +124,20 @@ async fn any_replica_serves_state_and_failed_callbacks_are_retried() {
     let state = app.final_state_at(1, &id).await;
     assert_eq!(state["status"], "accepted");
     assert_eq!(state["stdout"], "twice\n");
+    assert_eq!(
+        state["language"], "python",
+        "the language travels with the events"
+    );
+    let judge0: Value = app
+        .client
+        .get(app.url_at(1, &format!("/submissions/{id}?fields=language_id,stdout")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(judge0, json!({"language_id": 71, "stdout": "twice\n"}));
 
     let attempts = [
         receiver.next().await,
