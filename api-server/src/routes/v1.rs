@@ -4,7 +4,7 @@ use actix_web::{HttpResponse, http::header, web};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
-use warmpod_protocol::{LANGUAGES, Limits, SourceFile};
+use warmpod_protocol::{LANGUAGES, Limits, SourceFile, Status};
 
 use crate::{
     ApiError, Core,
@@ -133,7 +133,7 @@ pub struct WaitQuery {
 pub struct Accepted {
     /// The job's id.
     pub id: Uuid,
-    /// `queued` or `running`.
+    /// `queued`; after a `wait` that timed out, `queued` or `running`.
     #[schema(example = "queued")]
     pub status: String,
 }
@@ -202,18 +202,22 @@ pub async fn create(
     let id = core
         .submit(body.into_inner().into_submission(Api::V1)?)
         .await?;
+    // Without `wait`, the answer is "queued": what the broker just confirmed.
+    let mut status = Status::Queued;
     if query.wait {
-        let state = core.wait_final(id, core.config.wait_timeout).await;
-        if let Some(e) = state.filter(|e| e.status.is_final()) {
-            return Ok(HttpResponse::Ok().json(ExecutionView::from(&e)));
+        match core.wait_final(id, core.config.wait_timeout).await {
+            Some(e) if e.status.is_final() => {
+                return Ok(HttpResponse::Ok().json(ExecutionView::from(&e)));
+            }
+            Some(e) => status = e.status,
+            None => {}
         }
     }
-    let status = core.state.get(id).map_or("queued", |e| e.status.as_str());
     Ok(HttpResponse::Accepted()
         .insert_header((header::LOCATION, format!("/v1/executions/{id}")))
         .json(Accepted {
             id,
-            status: status.to_string(),
+            status: status.as_str().to_string(),
         }))
 }
 
