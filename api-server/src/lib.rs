@@ -19,6 +19,8 @@
 //!   locally).
 //! - `auth`: API keys and per-key rate limits.
 //! - `error`: [`ApiError`], the one place errors become HTTP responses.
+//! - `view`: how a job's state is shown to each API's clients (native view,
+//!   Judge0 submission and status ids, seed callback body).
 //! - `routes`: `v1` (native), `judge0`, `compat` (the seed endpoints), `ops`
 //!   (health, readiness, metrics, OpenAPI).
 //! - `metrics`, [`telemetry`].
