@@ -4,7 +4,9 @@
 //! 1. an output stream passed its cap → `output_limit_exceeded`;
 //! 2. the runner stopped it for wall or CPU time, it died of `SIGXCPU`, or
 //!    its CPU time reached the limit → `time_limit_exceeded`;
-//! 3. `SIGXFSZ` (a file past `max_file_size_kb`) → `runtime_error`;
+//! 3. the runner stopped it for having more than `max_processes` tasks
+//!    (only where `RLIMIT_NPROC` cannot be exact), or `SIGXFSZ` (a file
+//!    past `max_file_size_kb`) → `runtime_error`;
 //! 4. it failed (non-zero exit or a signal) AND (peak RSS ≥ 90% of the
 //!    memory limit, OR its stderr shows the language's out-of-memory
 //!    markers, OR a `SIGKILL` the runner did not send, i.e. the kernel OOM
@@ -43,6 +45,12 @@ pub fn classify(outcome: &Outcome, language: &Language, limits: &ResolvedLimits)
     }
     if let Some(message) = time_limit(outcome, limits) {
         return verdict(Status::TimeLimitExceeded, message);
+    }
+    if outcome.stop == Some(Stop::Processes) {
+        return verdict(
+            Status::RuntimeError,
+            format!("more than {} processes and threads", limits.max_processes),
+        );
     }
     let failed = outcome.exit != Exit::Code(0);
     if failed
@@ -142,6 +150,7 @@ mod tests {
             (Stop::WallTime, Status::TimeLimitExceeded),
             (Stop::CpuTime, Status::TimeLimitExceeded),
             (Stop::Output, Status::OutputLimitExceeded),
+            (Stop::Processes, Status::RuntimeError),
         ] {
             let mut o = outcome(Exit::Signal(libc::SIGKILL));
             o.stop = Some(stop);

@@ -197,6 +197,7 @@ impl<L: Launcher> Runner<L> {
             cpu_ms: step.limits.cpu_time_ms,
             output_cap: usize::try_from(step.limits.max_output_bytes).unwrap_or(usize::MAX),
             dedicated_uid: self.identity.dedicated_uid(),
+            max_tasks: (!self.identity.nproc_is_exact()).then_some(step.limits.max_processes),
         };
         let started = Instant::now();
         let launched = self

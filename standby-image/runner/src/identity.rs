@@ -47,7 +47,37 @@ pub enum Identity {
     Inherited {
         /// The runner's uid.
         uid: u32,
+        /// Whether processes of this uid may run where we cannot see them
+        /// (see [`uid_may_be_shared`]).
+        shared: bool,
     },
+}
+
+/// Added to `RLIMIT_NPROC` when the uid may be shared with processes we
+/// cannot see: they count against the limit too, so a tight limit would
+/// starve the program (the supervisor still enforces `max_processes` on the
+/// program's own tree, and the container's pids limit is the net).
+pub const SHARED_UID_HEADROOM: u64 = 1024;
+
+/// The inode numbers of the initial user and pid namespaces (kernel
+/// constants `PROC_USER_INIT_INO`, `PROC_PID_INIT_INO`).
+const INIT_USER_NS: &str = "user:[4026531837]";
+const INIT_PID_NS: &str = "pid:[4026531836]";
+
+/// Whether our uid may have processes we cannot see in `/proc`: we are in
+/// the initial user namespace (so `RLIMIT_NPROC` counts the uid machine
+/// wide) but in another pid namespace (so `/proc` shows only ours). That is
+/// a container without user namespaces, e.g. a Kubernetes pod where every
+/// standby pod of a node runs as the same uid. A bubblewrap sandbox has its
+/// own user namespace (its own count); a plain host process sees everything.
+fn uid_may_be_shared() -> bool {
+    let ns = |kind| fs::read_link(format!("/proc/self/ns/{kind}")).ok();
+    shared_in(ns("user").as_deref(), ns("pid").as_deref())
+}
+
+/// [`uid_may_be_shared`] for the given namespace links (`None`: unknown).
+fn shared_in(user_ns: Option<&Path>, pid_ns: Option<&Path>) -> bool {
+    user_ns == Some(Path::new(INIT_USER_NS)) && pid_ns.is_some_and(|p| p != Path::new(INIT_PID_NS))
 }
 
 /// Why no identity could be had.
@@ -79,7 +109,7 @@ impl Identity {
     pub fn acquire(pinned: Option<u32>, lock_dir: &Path) -> Result<Self, IdentityError> {
         let euid = nix::unistd::geteuid().as_raw();
         if euid != 0 {
-            return Ok(Self::Inherited { uid: euid });
+            return Ok(Self::inherited(euid));
         }
         // Unreadable maps (no /proc): assume the initial namespace, where
         // every id exists, rather than fall back to running programs as root.
@@ -95,7 +125,7 @@ impl Identity {
         if !mapped {
             // Root of a user namespace (e.g. a sandbox) where the program
             // uids do not exist: run programs as ourselves.
-            return Ok(Self::Inherited { uid: euid });
+            return Ok(Self::inherited(euid));
         }
         if pinned == Some(0) {
             return Err(IdentityError::BadPin(0));
@@ -120,6 +150,13 @@ impl Identity {
             }
         }
         Err(IdentityError::Exhausted)
+    }
+
+    fn inherited(uid: u32) -> Self {
+        Self::Inherited {
+            uid,
+            shared: uid_may_be_shared(),
+        }
     }
 
     /// Takes over a locked uid: reads whether it was left clean, then
@@ -164,7 +201,7 @@ impl Identity {
     /// The program's uid.
     pub fn uid(&self) -> u32 {
         match self {
-            Self::Dedicated { uid, .. } | Self::Inherited { uid } => *uid,
+            Self::Dedicated { uid, .. } | Self::Inherited { uid, .. } => *uid,
         }
     }
 
@@ -187,14 +224,25 @@ impl Identity {
         self.is_dedicated().then(|| self.uid())
     }
 
-    /// How many tasks (threads included) the program's uid runs already,
-    /// as far as `/proc` shows: 0 for a dedicated uid (cleared at start),
-    /// else our own uid's count, which `RLIMIT_NPROC` also counts.
+    /// How many tasks (threads included) `RLIMIT_NPROC` must allow beyond
+    /// the program's own: 0 for a dedicated uid (cleared at start); else
+    /// our own uid's count as far as `/proc` shows, plus
+    /// [`SHARED_UID_HEADROOM`] when the uid may also run where we cannot
+    /// see.
     pub fn tasks_running(&self) -> u64 {
         match self {
             Self::Dedicated { .. } => 0,
-            Self::Inherited { uid } => count_tasks_of(*uid),
+            Self::Inherited { uid, shared } => {
+                let headroom = if *shared { SHARED_UID_HEADROOM } else { 0 };
+                count_tasks_of(*uid) + headroom
+            }
         }
+    }
+
+    /// Whether `RLIMIT_NPROC` alone holds the program to `max_processes`
+    /// (else the supervisor counts its tasks).
+    pub fn nproc_is_exact(&self) -> bool {
+        !matches!(self, Self::Inherited { shared: true, .. })
     }
 }
 
@@ -340,6 +388,27 @@ mod tests {
         assert!(fourth.needs_sweep(), "only an exact `clean` counts");
         fourth.mark_clean().unwrap();
         assert_eq!(fs::read_to_string(&lock_file).unwrap(), "clean\n");
+    }
+
+    #[test]
+    fn only_a_container_without_its_own_user_namespace_shares_the_uid() {
+        let p = |s: &'static str| Some(Path::new(s));
+        let other_user = p("user:[4026532500]");
+        let other_pid = p("pid:[4026532501]");
+        let cases = [
+            (p(INIT_USER_NS), p(INIT_PID_NS), false, "a host process"),
+            (
+                p(INIT_USER_NS),
+                other_pid,
+                true,
+                "a pod without user namespaces",
+            ),
+            (other_user, other_pid, false, "a bubblewrap sandbox"),
+            (None, None, false, "no /proc"),
+        ];
+        for (user, pid, shared, what) in cases {
+            assert_eq!(shared_in(user, pid), shared, "{what}");
+        }
     }
 
     #[test]

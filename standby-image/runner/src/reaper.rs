@@ -110,6 +110,8 @@ pub struct ProcStat {
     pub ppid: i32,
     /// utime + stime + cutime + cstime, in clock ticks.
     pub cpu_ticks: u64,
+    /// Its number of threads.
+    pub threads: u64,
 }
 
 /// Every live process whose parent chain leads to `root`.
@@ -133,14 +135,24 @@ pub fn descendants(root: i32) -> Vec<ProcStat> {
         .collect()
 }
 
-/// CPU time of every descendant of the runner, in clock ticks: each
-/// process's own time plus that of the children it reaped, so every
-/// process, dead or alive, counts once.
-pub fn descendants_cpu_ticks() -> u64 {
+/// What the runner's descendants use right now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TreeUsage {
+    /// CPU time in clock ticks: each process's own time plus that of the
+    /// children it reaped, so every process, dead or alive, counts once.
+    pub cpu_ticks: u64,
+    /// Tasks (threads of every process).
+    pub tasks: u64,
+}
+
+/// Sums [`TreeUsage`] over every descendant of the runner.
+pub fn descendants_usage() -> TreeUsage {
     descendants(std::process::id() as i32)
         .iter()
-        .map(|p| p.cpu_ticks)
-        .sum()
+        .fold(TreeUsage::default(), |acc, p| TreeUsage {
+            cpu_ticks: acc.cpu_ticks + p.cpu_ticks,
+            tasks: acc.tasks + p.threads,
+        })
 }
 
 /// Every process in `/proc`.
@@ -160,7 +172,8 @@ fn process_table() -> Vec<ProcStat> {
 pub fn parse_stat(pid: i32, stat: &str) -> Option<ProcStat> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the comm: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14).
+    // After the comm: state(0) ppid(1) ... utime(11) stime(12) cutime(13)
+    // cstime(14) priority(15) nice(16) num_threads(17).
     let cpu_ticks = fields
         .get(11..15)?
         .iter()
@@ -170,6 +183,7 @@ pub fn parse_stat(pid: i32, stat: &str) -> Option<ProcStat> {
         pid,
         ppid: fields.get(1)?.parse().ok()?,
         cpu_ticks,
+        threads: fields.get(17)?.parse().ok()?,
     })
 }
 
@@ -179,11 +193,12 @@ mod tests {
 
     #[test]
     fn stat_is_parsed_after_a_tricky_comm() {
-        let stat = "42 (py (x)) R 77 42 42 0 -1 0 0 0 0 0 150 50 7 3 20 0 1 0";
+        let stat = "42 (py (x)) R 77 42 42 0 -1 0 0 0 0 0 150 50 7 3 20 0 4 0";
         let expected = ProcStat {
             pid: 42,
             ppid: 77,
             cpu_ticks: 210,
+            threads: 4,
         };
         assert_eq!(parse_stat(42, stat), Some(expected));
         assert_eq!(parse_stat(42, "42 (short) R 1"), None);

@@ -98,6 +98,7 @@ impl Launcher for ForkExec {
             ChildSetup {
                 rlimits: spec.rlimits.rlimits(),
                 ids: spec.ids,
+                parent: std::process::id() as i32,
             },
         );
         let child = cmd.spawn()?;

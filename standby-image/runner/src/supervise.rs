@@ -49,6 +49,9 @@ pub struct Watch {
     /// The program's uid when it is dedicated to programs (so everything it
     /// owns may be killed).
     pub dedicated_uid: Option<u32>,
+    /// Tasks the program's tree may have, when `RLIMIT_NPROC` cannot hold
+    /// it there exactly (checked with the tree's CPU time).
+    pub max_tasks: Option<u64>,
 }
 
 /// Why the supervisor ended the program.
@@ -60,6 +63,8 @@ pub enum Stop {
     CpuTime,
     /// An output stream passed its cap.
     Output,
+    /// The program's tree had more tasks than `max_processes`.
+    Processes,
 }
 
 /// How the program's main process ended.
@@ -214,7 +219,11 @@ fn watch_until_end(
             next_check = now + POLL_INTERVAL;
             checks = checks.wrapping_add(1);
             let cpu_ms = if checks.is_multiple_of(TREE_POLL_EVERY) {
-                Some(ticks_to_ms(reaper::descendants_cpu_ticks()))
+                let tree = reaper::descendants_usage();
+                if watch.max_tasks.is_some_and(|max| tree.tasks > max) {
+                    return Ok((Some(Stop::Processes), None));
+                }
+                Some(ticks_to_ms(tree.cpu_ticks))
             } else {
                 cpu_time_ms(pid)
             };

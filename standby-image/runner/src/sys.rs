@@ -23,6 +23,9 @@ pub struct ChildSetup {
     pub rlimits: [Rlimit; RLIMIT_COUNT],
     /// `(uid, gid)` to switch to (only when the runner is root).
     pub ids: Option<(u32, u32)>,
+    /// The runner's pid: a child whose parent is no longer this was
+    /// orphaned before it could ask to die with the runner.
+    pub parent: i32,
 }
 
 /// Makes `cmd`'s child start a new session, take the limits and identity
@@ -70,9 +73,10 @@ fn child_setup(setup: &ChildSetup) -> io::Result<()> {
     // Set after the identity change, which clears it.
     // SAFETY: plain integer arguments.
     check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) }.into())?;
-    // SAFETY: plain integer arguments.
-    if unsafe { libc::getppid() } == 1 {
-        // The runner died before we could ask to die with it.
+    // SAFETY: no arguments.
+    if unsafe { libc::getppid() } != setup.parent {
+        // The runner died before we could ask to die with it. (Comparing
+        // with 1 would be wrong: the runner may itself be pid 1.)
         return Err(io::Error::from_raw_os_error(libc::ESRCH));
     }
     close_inherited_on_exec();

@@ -95,6 +95,16 @@ impl TestJob {
         self.check(parse_single_line(&stdout))
     }
 
+    /// Like [`run`](Self::run), with the runner as pid 1 of a new pid
+    /// namespace (as the entry point of a container), unprivileged when
+    /// `drop_root`: like a pod without user namespaces. Root only.
+    pub fn run_in_pid_namespace(&self, drop_root: bool) -> JobResult {
+        let unshare = ["/usr/bin/unshare", "--pid", "--fork", "--mount-proc"];
+        let (status, stdout) = run_wrapped(&unshare, drop_root, &self.value.to_string());
+        assert!(status.success(), "runner exited with {status}");
+        self.check(parse_single_line(&stdout))
+    }
+
     fn check(&self, result: JobResult) -> JobResult {
         assert_eq!(result.id, self.id, "result for another job: {result:?}");
         assert_nothing_left(self.id);
@@ -111,7 +121,17 @@ fn run_unprivileged_raw(input: &str) -> (std::process::ExitStatus, String) {
     if !is_root() {
         return run_raw(&[], input);
     }
-    // Outside the build tree, which that uid may not be able to reach.
+    run_wrapped(&[], true, input)
+}
+
+/// Runs a copy of the runner (outside the build tree, which other uids may
+/// not reach) behind the `wrapper` command, as a fresh unprivileged uid
+/// when `drop_root`. Root only.
+pub fn run_wrapped(
+    wrapper: &[&str],
+    drop_root: bool,
+    input: &str,
+) -> (std::process::ExitStatus, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let runner = dir.path().join("warmpod-runner");
     fs::copy(RUNNER, &runner).expect("runner copied");
@@ -119,15 +139,19 @@ fn run_unprivileged_raw(input: &str) -> (std::process::ExitStatus, String) {
     open(dir.path()).expect("dir opened");
     open(&runner).expect("runner executable");
     let uid = unprivileged_uid().to_string();
-    let args = [
-        "--reuid",
-        &uid,
-        "--regid",
-        &uid,
-        "--clear-groups",
-        runner.to_str().expect("UTF-8 path"),
-    ];
-    run_program("/usr/bin/setpriv", &args, input)
+    let mut argv: Vec<&str> = wrapper.to_vec();
+    if drop_root {
+        argv.extend([
+            "/usr/bin/setpriv",
+            "--reuid",
+            &uid,
+            "--regid",
+            &uid,
+            "--clear-groups",
+        ]);
+    }
+    argv.push(runner.to_str().expect("UTF-8 path"));
+    run_program(argv[0], &argv[1..], input)
 }
 
 /// Whether the tests run as root.

@@ -188,3 +188,42 @@ mod unprivileged_runner {
         );
     }
 }
+
+mod in_a_pid_namespace {
+    //! The runner as a container's entry point (pid 1 of its own pid
+    //! namespace). Unprivileged there without a user namespace of its own,
+    //! as in a Kubernetes pod, its uid may run processes it cannot see, so
+    //! `RLIMIT_NPROC` gets headroom and the supervisor counts the program's
+    //! tasks itself.
+
+    use serde_json::json;
+    use warmpod_protocol::Status;
+
+    use crate::helpers::{assert_status, is_root, job};
+
+    #[test]
+    fn hello_world_as_pid_1() {
+        if !is_root() {
+            return; // Creating a pid namespace needs root.
+        }
+        let result = job("python", "import os\nprint(os.getppid())").run_in_pid_namespace(false);
+        assert_status(&result, Status::Accepted);
+        assert_eq!(
+            result.stdout, "1\n",
+            "the runner is pid 1, the program's parent"
+        );
+    }
+
+    #[test]
+    fn fork_bomb_is_stopped_by_counting_tasks() {
+        if !is_root() {
+            return; // Creating a pid namespace needs root.
+        }
+        let result = job("bash", ":(){ :|:& };:\nexec sleep 600")
+            .limits(json!({ "max_processes": 16, "wall_time_ms": 10000 }))
+            .run_in_pid_namespace(true);
+        assert_status(&result, Status::RuntimeError);
+        let message = result.message.clone().unwrap_or_default();
+        assert!(message.contains("more than 16 processes"), "{result:#?}");
+    }
+}
