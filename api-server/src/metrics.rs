@@ -15,6 +15,11 @@ pub struct Metrics {
     pub broker_ready: IntGauge,
     /// Jobs in this replica's state store.
     pub stored_jobs: IntGauge,
+    /// HTTP requests by method, route pattern and status.
+    pub http_requests: IntCounterVec,
+    /// HTTP request durations by route pattern (seconds). For `wait=true`
+    /// routes this includes the job's run.
+    pub http_duration: prometheus::HistogramVec,
 }
 
 impl Default for Metrics {
@@ -48,6 +53,25 @@ impl Default for Metrics {
             "Jobs in this replica's state store",
         )
         .expect("valid metric");
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "warmpod_api_http_requests_total",
+                "HTTP requests by method, route and status",
+            ),
+            &["method", "route", "status"],
+        )
+        .expect("valid metric");
+        let http_duration = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "warmpod_api_http_request_seconds",
+                "HTTP request durations by route",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["route"],
+        )
+        .expect("valid metric");
         let registry = Registry::new();
         for c in [
             Box::new(submissions.clone()) as Box<dyn prometheus::core::Collector>,
@@ -55,6 +79,8 @@ impl Default for Metrics {
             Box::new(callbacks.clone()),
             Box::new(broker_ready.clone()),
             Box::new(stored_jobs.clone()),
+            Box::new(http_requests.clone()),
+            Box::new(http_duration.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -65,6 +91,8 @@ impl Default for Metrics {
             callbacks,
             broker_ready,
             stored_jobs,
+            http_requests,
+            http_duration,
         }
     }
 }
@@ -73,6 +101,16 @@ impl Metrics {
     /// Counts one submission.
     pub fn submitted(&self, api: &str, outcome: &str) {
         self.submissions.with_label_values(&[api, outcome]).inc();
+    }
+
+    /// Counts one answered HTTP request.
+    pub fn request(&self, method: &str, route: &str, status: u16, took: std::time::Duration) {
+        self.http_requests
+            .with_label_values(&[method, route, &status.to_string()])
+            .inc();
+        self.http_duration
+            .with_label_values(&[route])
+            .observe(took.as_secs_f64());
     }
 
     /// The metrics in Prometheus' text format.

@@ -99,20 +99,25 @@ impl Application {
 }
 
 /// Logs each request once it is answered (not the probes): method, path,
-/// status, latency.
+/// status, latency; and counts it by route pattern in the metrics.
 async fn access_log(
     req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
 ) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
     let quiet = matches!(req.path(), "/healthz" | "/readyz" | "/metrics" | "/health");
     let (method, path) = (req.method().clone(), req.path().to_string());
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let metrics = req.app_data::<web::Data<Core>>().map(|c| c.metrics.clone());
     let started = std::time::Instant::now();
     let response = next.call(req).await;
+    let status = match &response {
+        Ok(r) => r.status().as_u16(),
+        Err(e) => e.as_response_error().status_code().as_u16(),
+    };
+    if let Some(m) = metrics {
+        m.request(method.as_str(), &route, status, started.elapsed());
+    }
     if !quiet {
-        let status = match &response {
-            Ok(r) => r.status().as_u16(),
-            Err(e) => e.as_response_error().status_code().as_u16(),
-        };
         tracing::info!(%method, %path, status, latency_ms = started.elapsed().as_millis() as u64, "request");
     }
     response

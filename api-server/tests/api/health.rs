@@ -22,6 +22,12 @@ async fn probes_answer() {
 
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("warmpod_api_broker_ready 1"), "{metrics}");
+    assert!(
+        metrics.contains(
+            r#"warmpod_api_http_requests_total{method="GET",route="/healthz",status="200"} 1"#
+        ),
+        "requests are counted by route pattern: {metrics}"
+    );
 
     let missing = app.get("/no/such/route").await;
     assert_eq!(missing.status(), 404);
