@@ -328,9 +328,11 @@ mod tests {
     #[test]
     fn another_launcher_slots_in_for_both_steps() {
         let work = tempfile::tempdir().unwrap();
-        let locks = tempfile::tempdir().unwrap();
         let recording = Recording::default();
-        let runner = Runner::start(None, locks.path(), work.path().to_path_buf())
+        // The shared lock directory: a private one would hand out uids that
+        // concurrent runners (other tests) hold, and sweep their programs.
+        let locks = std::path::Path::new(crate::identity::LOCK_DIR);
+        let runner = Runner::start(None, locks, work.path().to_path_buf())
             .unwrap()
             .with_launcher(&recording);
         let result = runner.run_line(
