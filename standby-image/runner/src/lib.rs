@@ -13,7 +13,10 @@
 //! - `classify`: the verdict rules (pure).
 //! - `execute`: one job start to finish ([`Runner`]).
 //! - `versions`: `--versions` and `--check`.
-//! - `sys`: the only `unsafe` code (pre-exec setup, `wait4`, kill helper).
+//! - `sys`: the only `unsafe` code (pre-exec setup, `wait4`/`waitid`,
+//!   pidfds, the kill-as-uid helper); every other module is denied it.
+
+#![deny(unsafe_code)]
 
 mod classify;
 mod execute;
@@ -23,6 +26,7 @@ mod limits;
 mod reaper;
 mod spawn;
 mod supervise;
+#[allow(unsafe_code)]
 mod sys;
 mod versions;
 mod workdir;
