@@ -1,6 +1,7 @@
 //! Turning what happened to a program into a verdict. Pure functions.
 //!
 //! The rules, in order:
+//! 0. the runner itself was told to stop (SIGTERM…) → `internal_error`;
 //! 1. an output stream passed its cap → `output_limit_exceeded`;
 //! 2. the runner stopped it for wall or CPU time, it died of `SIGXCPU`, or
 //!    its CPU time reached the limit → `time_limit_exceeded`;
@@ -37,6 +38,12 @@ pub fn classify(outcome: &Outcome, language: &Language, limits: &ResolvedLimits)
         status,
         message: Some(message),
     };
+    if let Some(Stop::Terminated(signal)) = outcome.stop {
+        return verdict(
+            Status::InternalError,
+            format!("the runner was stopped by {signal}; the program was killed"),
+        );
+    }
     if outcome.stop == Some(Stop::Output) || outcome.stdout.truncated || outcome.stderr.truncated {
         return verdict(
             Status::OutputLimitExceeded,
@@ -151,6 +158,7 @@ mod tests {
             (Stop::CpuTime, Status::TimeLimitExceeded),
             (Stop::Output, Status::OutputLimitExceeded),
             (Stop::Processes, Status::RuntimeError),
+            (Stop::Terminated("SIGTERM"), Status::InternalError),
         ] {
             let mut o = outcome(Exit::Signal(libc::SIGKILL));
             o.stop = Some(stop);

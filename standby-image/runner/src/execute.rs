@@ -14,6 +14,7 @@ use crate::identity::{Identity, IdentityError};
 use crate::job::{self, PreparedJob};
 use crate::limits;
 use crate::reaper;
+use crate::signals::StopSignals;
 use crate::spawn::{ForkExec, LaunchSpec, Launcher};
 use crate::supervise::{self, Exit, Outcome, Watch};
 use crate::sys;
@@ -114,6 +115,13 @@ impl<L: Launcher> Runner<L> {
 
     /// Runs a checked job.
     pub fn run(&self, job: &PreparedJob) -> JobResult {
+        // From here on SIGTERM & co. end the job cleanly instead of the
+        // runner (see `signals`); without them, the default actions stay.
+        let signals = StopSignals::install().ok();
+        self.run_with(job, signals.as_ref())
+    }
+
+    fn run_with(&self, job: &PreparedJob, signals: Option<&StopSignals>) -> JobResult {
         let owner = self.identity.switch_to();
         let dir = match WorkDir::create(&self.work_root, job.id, owner, &job.files) {
             Ok(dir) => dir,
@@ -122,11 +130,11 @@ impl<L: Launcher> Runner<L> {
                 return JobResult::internal_error(job.id, message);
             }
         };
-        let compile_output = match self.compile(job, &dir) {
+        let compile_output = match self.compile(job, &dir, signals) {
             Ok(output) => output,
             Err(failure) => return *failure,
         };
-        let mut result = self.execute(job, &dir);
+        let mut result = self.execute(job, &dir, signals);
         result.compile_output = compile_output;
         result
         // `dir` is removed here, after every process of the job is gone.
@@ -134,7 +142,12 @@ impl<L: Launcher> Runner<L> {
 
     /// The compile step, for compiled languages: the compiler's output, or
     /// the final result when compiling failed.
-    fn compile(&self, job: &PreparedJob, dir: &WorkDir) -> Result<String, Box<JobResult>> {
+    fn compile(
+        &self,
+        job: &PreparedJob,
+        dir: &WorkDir,
+        signals: Option<&StopSignals>,
+    ) -> Result<String, Box<JobResult>> {
         let Some(template) = job.language.compile else {
             return Ok(String::new());
         };
@@ -146,7 +159,7 @@ impl<L: Launcher> Runner<L> {
             merge_output: true,
         };
         let outcome = self
-            .step(job, dir, &step)
+            .step(job, dir, &step, signals)
             .map_err(|message| Box::new(JobResult::internal_error(job.id, message)))?;
         let output = String::from_utf8_lossy(&outcome.stdout.bytes).into_owned();
         match compile_failure(job, &outcome, &output) {
@@ -156,7 +169,12 @@ impl<L: Launcher> Runner<L> {
     }
 
     /// The run step and its verdict.
-    fn execute(&self, job: &PreparedJob, dir: &WorkDir) -> JobResult {
+    fn execute(
+        &self,
+        job: &PreparedJob,
+        dir: &WorkDir,
+        signals: Option<&StopSignals>,
+    ) -> JobResult {
         let argv = run_argv(job);
         let step = Step {
             argv: &argv,
@@ -164,7 +182,7 @@ impl<L: Launcher> Runner<L> {
             stdin: job.stdin.as_bytes(),
             merge_output: false,
         };
-        match self.step(job, dir, &step) {
+        match self.step(job, dir, &step, signals) {
             Ok(outcome) => {
                 let verdict = classify::classify(&outcome, job.language, &job.limits);
                 run_result(job.id, &outcome, verdict)
@@ -183,7 +201,13 @@ impl<L: Launcher> Runner<L> {
         self.identity.tasks_running() + u64::from(!step.stdin.is_empty())
     }
 
-    fn step(&self, job: &PreparedJob, dir: &WorkDir, step: &Step<'_>) -> Result<Outcome, String> {
+    fn step(
+        &self,
+        job: &PreparedJob,
+        dir: &WorkDir,
+        step: &Step<'_>,
+        signals: Option<&StopSignals>,
+    ) -> Result<Outcome, String> {
         let spec = LaunchSpec {
             argv: step.argv,
             dir: dir.path(),
@@ -204,7 +228,7 @@ impl<L: Launcher> Runner<L> {
             .launcher
             .launch(&spec)
             .map_err(|e| format!("starting {} failed: {e}", step.argv[0]))?;
-        supervise::supervise(launched, started, &watch).map_err(|e| {
+        supervise::supervise(launched, started, &watch, signals).map_err(|e| {
             self.left_processes.set(true);
             e.to_string()
         })
@@ -238,6 +262,10 @@ fn compile_failure(job: &PreparedJob, outcome: &Outcome, output: &str) -> Option
     let verdict = classify::classify(outcome, job.language, &job.compile_limits);
     let message = match verdict.status {
         Status::Accepted => return None,
+        Status::InternalError => {
+            let message = verdict.message.unwrap_or_default();
+            return Some(JobResult::internal_error(job.id, message));
+        }
         Status::TimeLimitExceeded => Some(format!(
             "compile time limit exceeded: {}",
             verdict.message.unwrap_or_default()

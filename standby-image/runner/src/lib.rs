@@ -10,6 +10,7 @@
 //!   interpreter would replace.
 //! - `supervise`: wall/CPU timer, capped output readers, cleanup.
 //! - `reaper`: subreaper, killing and reaping every descendant.
+//! - `signals`: SIGTERM & co. during a job end it cleanly, with a result.
 //! - `classify`: the verdict rules (pure).
 //! - `execute`: one job start to finish ([`Runner`]).
 //! - `versions`: `--versions` and `--check`.
@@ -24,6 +25,7 @@ mod identity;
 mod job;
 mod limits;
 mod reaper;
+mod signals;
 mod spawn;
 mod supervise;
 #[allow(unsafe_code)]

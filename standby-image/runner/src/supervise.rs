@@ -19,6 +19,7 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::reaper::{self, ReapedUsage};
+use crate::signals::StopSignals;
 use crate::spawn::Launched;
 use crate::sys;
 
@@ -65,6 +66,8 @@ pub enum Stop {
     Output,
     /// The program's tree had more tasks than `max_processes`.
     Processes,
+    /// The runner itself was told to stop (the signal's name).
+    Terminated(&'static str),
 }
 
 /// How the program's main process ended.
@@ -127,6 +130,7 @@ pub fn supervise(
     launched: Launched,
     started: Instant,
     watch: &Watch,
+    signals: Option<&StopSignals>,
 ) -> Result<Outcome, SuperviseError> {
     let pid = launched.pid;
     let exit = match ExitWatch::new(pid) {
@@ -143,7 +147,8 @@ pub fn supervise(
         streams.push(Stream::new(stderr, watch.output_cap));
     }
 
-    let (stop, exited_at) = match watch_until_end(pid, started, watch, &exit, &mut streams) {
+    let (stop, exited_at) = match watch_until_end(pid, started, watch, &exit, signals, &mut streams)
+    {
         Ok(end) => end,
         Err(e) => {
             reaper::kill_everything(Some(pid), watch.dedicated_uid, true);
@@ -189,6 +194,7 @@ fn watch_until_end(
     started: Instant,
     watch: &Watch,
     exit: &ExitWatch,
+    signals: Option<&StopSignals>,
     streams: &mut [Stream],
 ) -> Result<(Option<Stop>, Option<Instant>), SuperviseError> {
     let wall_deadline = started + watch.wall;
@@ -200,8 +206,13 @@ fn watch_until_end(
             return Ok((Some(Stop::WallTime), None));
         }
         let wake = next_check.min(wall_deadline).saturating_duration_since(now);
-        let ready =
-            poll_ready(exit.fd(), streams, wake).map_err(|e| SuperviseError::Wait(e.into()))?;
+        let ready = poll_ready(exit.fd(), signals.map(StopSignals::fd), streams, wake)
+            .map_err(|e| SuperviseError::Wait(e.into()))?;
+        if ready.signalled
+            && let Some(name) = signals.and_then(StopSignals::received)
+        {
+            return Ok((Some(Stop::Terminated(name)), None));
+        }
         let mut overflow = false;
         for (stream, readable) in streams.iter_mut().zip(&ready.streams) {
             if *readable {
@@ -237,20 +248,22 @@ fn watch_until_end(
 /// What one `poll` reported.
 struct Ready {
     exited: bool,
+    signalled: bool,
     streams: Vec<bool>,
     timed_out: bool,
 }
 
-/// Polls `exit` (if any) and the open `streams` for at most `timeout`.
+/// Polls `exit` and `signal` (if any) and the open `streams` for at most
+/// `timeout`.
 fn poll_ready(
     exit: Option<BorrowedFd<'_>>,
+    signal: Option<BorrowedFd<'_>>,
     streams: &[Stream],
     timeout: Duration,
 ) -> nix::Result<Ready> {
-    let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(3);
-    if let Some(fd) = exit {
-        fds.push(PollFd::new(fd, PollFlags::POLLIN));
-    }
+    let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(4);
+    fds.extend(exit.map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
+    fds.extend(signal.map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
     let open: Vec<usize> = (0..streams.len()).filter(|&i| streams[i].open).collect();
     fds.extend(
         open.iter()
@@ -262,14 +275,17 @@ fn poll_ready(
         Err(e) => return Err(e),
     };
     let fired = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
-    let offset = usize::from(exit.is_some());
+    let mut next = fds.iter();
+    let exited = exit.is_some() && next.next().is_some_and(fired);
+    let signalled = signal.is_some() && next.next().is_some_and(fired);
     let mut ready = Ready {
-        exited: exit.is_some() && fired(&fds[0]),
+        exited,
+        signalled,
         streams: vec![false; streams.len()],
         timed_out: n == 0,
     };
-    for (k, &i) in open.iter().enumerate() {
-        ready.streams[i] = fired(&fds[offset + k]);
+    for (&i, fd) in open.iter().zip(next) {
+        ready.streams[i] = fired(fd);
     }
     Ok(ready)
 }
@@ -290,7 +306,7 @@ fn drain(streams: &mut [Stream], timeout: Duration) {
         if left.is_zero() {
             return;
         }
-        let Ok(ready) = poll_ready(None, streams, left) else {
+        let Ok(ready) = poll_ready(None, None, streams, left) else {
             return;
         };
         if ready.timed_out {
@@ -392,8 +408,8 @@ impl ExitWatch {
             if left.is_zero() {
                 return Err(SuperviseError::Unkillable);
             }
-            let ready =
-                poll_ready(self.fd(), &[], left).map_err(|e| SuperviseError::Wait(e.into()))?;
+            let ready = poll_ready(self.fd(), None, &[], left)
+                .map_err(|e| SuperviseError::Wait(e.into()))?;
             if ready.exited {
                 return Ok(Instant::now());
             }
@@ -438,7 +454,7 @@ mod tests {
             .spawn()
             .unwrap();
         let watch = make(child.id() as i32).unwrap();
-        let alive = poll_ready(watch.fd(), &[], Duration::from_millis(1)).unwrap();
+        let alive = poll_ready(watch.fd(), None, &[], Duration::from_millis(1)).unwrap();
         assert!(!alive.exited, "fired while the child runs");
         drop(child.stdin.take()); // EOF: the child exits
         watch.wait(Duration::from_secs(30)).unwrap();

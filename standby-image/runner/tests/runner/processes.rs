@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use warmpod_protocol::Status;
 
-use crate::helpers::{assert_status, is_marked, is_root, job};
+use crate::helpers::{
+    RUNNER, assert_nothing_left, assert_status, is_marked, is_root, job, parse_single_line,
+    processes_marked, wait_until,
+};
 
 #[test]
 fn fork_bomb_is_contained() {
@@ -82,6 +85,45 @@ fn setsid_grandchild_is_killed_on_timeout() {
         !is_marked(pid, &test_job.id.to_string()),
         "grandchild {pid} alive"
     );
+}
+
+#[test]
+fn sigterm_to_the_runner_ends_the_job_with_a_result() {
+    use std::io::{Read, Write};
+
+    let test_job = job("bash", "sleep 600 &\nsetsid sleep 600 &\nsleep 600");
+    let mut runner = std::process::Command::new(RUNNER)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("runner starts");
+    let mut stdin = runner.stdin.take().expect("stdin");
+    writeln!(stdin, "{}", test_job.line()).expect("job written");
+    let marker = test_job.id.to_string();
+    wait_until("the program's three sleeps run", || {
+        processes_marked(&marker).len() >= 4
+    });
+    nix_kill(runner.id(), "TERM");
+    let mut stdout = String::new();
+    runner
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut stdout)
+        .expect("output read");
+    assert!(runner.wait().expect("runner waited for").success());
+    let result = parse_single_line(&stdout);
+    assert_status(&result, Status::InternalError);
+    assert!(result.message.unwrap_or_default().contains("SIGTERM"));
+    assert_nothing_left(test_job.id);
+}
+
+fn nix_kill(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
 }
 
 #[test]
