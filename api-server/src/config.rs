@@ -277,14 +277,7 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
         for (i, (field, value)) in base.fields().into_iter().enumerate() {
             out[i] = self.parse(&format!("{prefix}{}", field.to_uppercase()), value)?;
         }
-        Ok(ResolvedLimits {
-            wall_time_ms: out[0],
-            cpu_time_ms: out[1],
-            memory_kb: out[2],
-            max_processes: out[3],
-            max_output_bytes: out[4],
-            max_file_size_kb: out[5],
-        })
+        Ok(ResolvedLimits::from_values(out))
     }
 }
 

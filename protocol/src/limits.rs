@@ -120,6 +120,27 @@ impl ResolvedLimits {
         max_file_size_kb: 1_048_576,
     };
 
+    /// Builds limits from values in wire order (the order of
+    /// [`ResolvedLimits::fields`]).
+    pub fn from_values(values: [u64; 6]) -> Self {
+        let [
+            wall_time_ms,
+            cpu_time_ms,
+            memory_kb,
+            max_processes,
+            max_output_bytes,
+            max_file_size_kb,
+        ] = values;
+        Self {
+            wall_time_ms,
+            cpu_time_ms,
+            memory_kb,
+            max_processes,
+            max_output_bytes,
+            max_file_size_kb,
+        }
+    }
+
     /// The fields as `(name, value)` pairs, in wire order.
     pub fn fields(&self) -> [(&'static str, u64); 6] {
         [
@@ -173,14 +194,7 @@ impl Limits {
                 None => defaults[i].1.min(max),
             };
         }
-        Ok(ResolvedLimits {
-            wall_time_ms: out[0],
-            cpu_time_ms: out[1],
-            memory_kb: out[2],
-            max_processes: out[3],
-            max_output_bytes: out[4],
-            max_file_size_kb: out[5],
-        })
+        Ok(ResolvedLimits::from_values(out))
     }
 }
 
@@ -238,6 +252,12 @@ mod tests {
             assert_eq!(err.field(), field, "{why}");
             assert!(err.to_string().contains(field), "{why}: {err}");
         }
+    }
+
+    #[test]
+    fn values_round_trip_in_wire_order() {
+        let l = ResolvedLimits::MAXIMUM;
+        assert_eq!(ResolvedLimits::from_values(l.fields().map(|(_, v)| v)), l);
     }
 
     #[test]
