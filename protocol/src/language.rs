@@ -11,7 +11,9 @@
 //! - `{sources}`: as a whole argument, every job file with the entry
 //!   point's extension (e.g. all `.c` files), entry point first;
 //! - `{memory_mb}`: the memory limit in MiB, for runtimes that cap their
-//!   own heap (see [`MemoryModel::RuntimeHeap`]).
+//!   own heap (see [`MemoryModel::RuntimeHeap`]);
+//! - `{bootstrap}`: (pre-start commands only) the runner's bootstrap code
+//!   for the language, which waits for the program on a private descriptor.
 
 /// How a language's memory limit is enforced by the runner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +54,12 @@ pub struct Language {
     /// Strings in stderr (or compile output) that mean the program ran out
     /// of memory, for a `memory_limit_exceeded` verdict on a failed run.
     pub oom_markers: &'static [&'static str],
+    /// The command of an interpreter the runner may start before the job
+    /// arrives (a pre-started runtime), for languages it supports this for.
+    /// The runner substitutes `{bootstrap}`; `{memory_mb}` takes the memory
+    /// limit the interpreter is started for (a job with another limit runs
+    /// on the cold path).
+    pub prestart: Option<&'static [&'static str]>,
 }
 
 /// Every language warmpod runs.
@@ -67,6 +75,7 @@ pub static LANGUAGES: &[Language] = &[
         judge0_ids: &[71],
         memory: MemoryModel::AddressSpace,
         oom_markers: &["MemoryError"],
+        prestart: Some(&["/usr/bin/python3", "-B", "-c", "{bootstrap}"]),
     },
     Language {
         key: "javascript",
@@ -88,6 +97,7 @@ pub static LANGUAGES: &[Language] = &[
             "JavaScript heap out of memory",
             "RangeError: Array buffer allocation failed",
         ],
+        prestart: None,
     },
     Language {
         key: "c",
@@ -109,6 +119,7 @@ pub static LANGUAGES: &[Language] = &[
         judge0_ids: &[50, 48, 49],
         memory: MemoryModel::AddressSpace,
         oom_markers: &[],
+        prestart: None,
     },
     Language {
         key: "cpp",
@@ -129,6 +140,7 @@ pub static LANGUAGES: &[Language] = &[
         judge0_ids: &[54, 52, 53],
         memory: MemoryModel::AddressSpace,
         oom_markers: &["std::bad_alloc"],
+        prestart: None,
     },
     Language {
         key: "java",
@@ -169,6 +181,7 @@ pub static LANGUAGES: &[Language] = &[
             "java.lang.OutOfMemoryError: Metaspace",
             "java.lang.OutOfMemoryError: Requested array size exceeds VM limit",
         ],
+        prestart: None,
     },
     Language {
         key: "bash",
@@ -181,6 +194,7 @@ pub static LANGUAGES: &[Language] = &[
         judge0_ids: &[46],
         memory: MemoryModel::AddressSpace,
         oom_markers: &[],
+        prestart: None,
     },
 ];
 
