@@ -12,7 +12,7 @@ Drills (all against a stack of our own, see bench/stack.py):
 - `api-server`: two api-servers; one is SIGKILLed a third into the load;
   clients retry their submissions and polls on the other.
 - `abuse`: fork bombs, memory bombs, output floods and infinite loops mixed
-  into the load (1 in 4 jobs) while a probe measures a synchronous Python
+  into the load (1 job in `--abuse-every`, default 10) while a probe measures a synchronous Python
   hello world; its p50 must stay within 2x the calm p50 measured just before.
 """
 
@@ -43,12 +43,20 @@ ABUSE = [
 ABUSE_LIMITS = {"wall_time_ms": 2000, "cpu_time_ms": 1000, "memory_kb": 131072, "max_processes": 32}
 
 
-def abusive_mix(i):
-    """Every 4th job is abusive (checked against its acceptable verdicts)."""
-    if i % 4 != 3:
-        return normal_job(i)
-    name, lang, src, ok = ABUSE[(i // 4) % len(ABUSE)]
-    body = {"language": lang, "source": src, "limits": ABUSE_LIMITS, "tag": f"abuse-{i}-{name}"}
+def abusive_mix(every):
+    """Jobs of which every `every`-th is abusive (checked against its
+    acceptable verdicts), the others ordinary."""
+    def job(i):
+        if i % every != every - 1:
+            return normal_job(i)
+        return abusive_job(i // every)
+    return job
+
+
+def abusive_job(k):
+    """The k-th abusive job, cycling through ABUSE."""
+    name, lang, src, ok = ABUSE[k % len(ABUSE)]
+    body = {"language": lang, "source": src, "limits": ABUSE_LIMITS, "tag": f"abuse-{k}-{name}"}
     return body, lambda r: r.get("status") in ok
 
 
@@ -161,7 +169,7 @@ def drill_abuse(args):
         stop = threading.Event()
         t = threading.Thread(target=probe, args=(client, stop, stressed))
         t.start()
-        stats = load(client, args.n, args.c, job_fn=abusive_mix)
+        stats = load(client, args.n, args.c, job_fn=abusive_mix(args.abuse_every))
         stop.set()
         t.join()
         c50, s50 = statistics.median(calm), statistics.median(stressed)
@@ -192,6 +200,7 @@ def main():
     ap.add_argument("-n", type=int, default=600, help="jobs per drill")
     ap.add_argument("-c", type=int, default=16)
     ap.add_argument("--pool-size", type=int, default=4)
+    ap.add_argument("--abuse-every", type=int, default=10, help="abuse drill: every n-th job is abusive")
     ap.add_argument("drills", nargs="*", default=list(DRILLS), help=" ".join(DRILLS))
     args = ap.parse_args()
     for name in args.drills:
