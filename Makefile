@@ -40,6 +40,10 @@ fmt: ## format the code
 clean: ## remove build output
 	$(CARGO) clean
 
+.PHONY: test-runner-prestart
+test-runner-prestart: ## the runner's whole test suite with Python jobs on pre-started interpreters (--prestart)
+	WARMPOD_RUNNER_TEST_PRESTART=1 scripts/with-test-cgroup.sh $(CARGO) nextest run -p warmpod-runner --profile ci --no-fail-fast
+
 RUNS ?= 300
 bench-runner: ## runner size and start-up: a Python hello world job vs python3 directly (RUNS=300)
 	$(CARGO) build --release -p warmpod-runner

@@ -1,6 +1,6 @@
 //! One job, start to finish: work directory, compile step, run step, result.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ use crate::classify::{self, Verdict};
 use crate::identity::{Identity, IdentityError};
 use crate::job::{self, PreparedJob};
 use crate::limits;
+use crate::prestart::{PrestartError, Prestarted};
 use crate::reaper;
 use crate::signals::StopSignals;
 use crate::spawn::{ForkExec, LaunchSpec, Launcher};
@@ -46,6 +47,8 @@ pub struct Runner<L: Launcher = ForkExec> {
     /// Set when a program's processes could not all be confirmed dead, so
     /// [`finish`](Runner::finish) must not record the uid as clean.
     left_processes: Cell<bool>,
+    /// An interpreter started before the job (see [`Runner::prestart`]).
+    prestarted: RefCell<Option<Prestarted>>,
 }
 
 impl Runner<ForkExec> {
@@ -70,6 +73,7 @@ impl Runner<ForkExec> {
             work_root,
             launcher: ForkExec,
             left_processes: Cell::new(false),
+            prestarted: RefCell::new(None),
         })
     }
 }
@@ -83,7 +87,30 @@ impl<L: Launcher> Runner<L> {
             work_root: self.work_root,
             launcher,
             left_processes: self.left_processes,
+            prestarted: self.prestarted,
         }
+    }
+
+    /// Starts `language`'s interpreter now, as the program uid, waiting for
+    /// a job's program (see `prestart`). A job of that language then runs
+    /// on it, with exactly the results of the cold path; any other job
+    /// runs cold after the interpreter is killed.
+    ///
+    /// # Errors
+    /// When the language cannot be pre-started or starting it failed.
+    pub fn prestart(
+        &self,
+        language: &'static warmpod_protocol::Language,
+    ) -> Result<(), PrestartError> {
+        let started = Prestarted::start(language, self.identity.switch_to(), &self.work_root)?;
+        // A previous one (if any) is killed here.
+        *self.prestarted.borrow_mut() = Some(started);
+        Ok(())
+    }
+
+    /// The language of the interpreter waiting for a job, if any.
+    pub fn prestarted_language(&self) -> Option<&'static str> {
+        self.prestarted.borrow().as_ref().map(|p| p.language().key)
     }
 
     /// Ends the runner's life: records the program uid as clean when every
@@ -123,6 +150,22 @@ impl<L: Launcher> Runner<L> {
 
     fn run_with(&self, job: &PreparedJob, signals: Option<&StopSignals>) -> JobResult {
         let owner = self.identity.switch_to();
+        // Taken in every case: an interpreter the job cannot use is killed
+        // (dropped) before anything of the job runs.
+        let prestarted = self
+            .prestarted
+            .borrow_mut()
+            .take()
+            .filter(|p| p.serves(job.language, job.limits.memory_kb));
+        if let Some(prestarted) = prestarted {
+            return match prestarted.hand_over(job.id, owner, &job.files) {
+                Ok((dir, launcher)) => self.execute(job, &dir, signals, &launcher),
+                Err(e) => {
+                    let message = format!("creating the work directory failed: {e}");
+                    JobResult::internal_error(job.id, message)
+                }
+            };
+        }
         let dir = match WorkDir::create(&self.work_root, job.id, owner, &job.files) {
             Ok(dir) => dir,
             Err(e) => {
@@ -134,7 +177,7 @@ impl<L: Launcher> Runner<L> {
             Ok(output) => output,
             Err(failure) => return *failure,
         };
-        let mut result = self.execute(job, &dir, signals);
+        let mut result = self.execute(job, &dir, signals, &self.launcher);
         result.compile_output = compile_output;
         result
         // `dir` is removed here, after every process of the job is gone.
@@ -159,7 +202,7 @@ impl<L: Launcher> Runner<L> {
             merge_output: true,
         };
         let outcome = self
-            .step(job, dir, &step, signals)
+            .step(job, dir, &step, signals, &self.launcher)
             .map_err(|message| Box::new(JobResult::internal_error(job.id, message)))?;
         let output = String::from_utf8_lossy(&outcome.stdout.bytes).into_owned();
         match compile_failure(job, &outcome, &output) {
@@ -168,12 +211,13 @@ impl<L: Launcher> Runner<L> {
         }
     }
 
-    /// The run step and its verdict.
+    /// The run step, started by `launcher`, and its verdict.
     fn execute(
         &self,
         job: &PreparedJob,
         dir: &WorkDir,
         signals: Option<&StopSignals>,
+        launcher: &dyn Launcher,
     ) -> JobResult {
         let argv = run_argv(job);
         let step = Step {
@@ -182,7 +226,7 @@ impl<L: Launcher> Runner<L> {
             stdin: job.stdin.as_bytes(),
             merge_output: false,
         };
-        match self.step(job, dir, &step, signals) {
+        match self.step(job, dir, &step, signals, launcher) {
             Ok(outcome) => {
                 let verdict = classify::classify(&outcome, job.language, &job.limits);
                 run_result(job.id, &outcome, verdict)
@@ -194,6 +238,8 @@ impl<L: Launcher> Runner<L> {
     /// Tasks the program's uid will run besides the program: none for a
     /// dedicated uid; else what `/proc` shows now plus the stdin feeder
     /// thread the launch adds.
+    /// (A pre-started interpreter is among those counted: the caller takes
+    /// it off with [`Launcher::program_tasks_before`].)
     fn tasks_before(&self, step: &Step<'_>) -> u64 {
         if self.identity.is_dedicated() {
             return 0;
@@ -207,12 +253,18 @@ impl<L: Launcher> Runner<L> {
         dir: &WorkDir,
         step: &Step<'_>,
         signals: Option<&StopSignals>,
+        launcher: &dyn Launcher,
     ) -> Result<Outcome, String> {
         let spec = LaunchSpec {
             argv: step.argv,
             dir: dir.path(),
             ids: self.identity.switch_to(),
-            rlimits: limits::plan(job.language, step.limits, self.tasks_before(step)),
+            rlimits: limits::plan(
+                job.language,
+                step.limits,
+                self.tasks_before(step)
+                    .saturating_sub(launcher.program_tasks_before()),
+            ),
             stdin: step.stdin,
             merge_output: step.merge_output,
         };
@@ -224,8 +276,7 @@ impl<L: Launcher> Runner<L> {
             max_tasks: (!self.identity.nproc_is_exact()).then_some(step.limits.max_processes),
         };
         let started = Instant::now();
-        let launched = self
-            .launcher
+        let launched = launcher
             .launch(&spec)
             .map_err(|e| format!("starting {} failed: {e}", step.argv[0]))?;
         supervise::supervise(launched, started, &watch, signals).map_err(|e| {

@@ -7,7 +7,8 @@
 //! - `workdir`: the private work directory, removed afterwards.
 //! - `limits`: the `RLIMIT_*` values of a program (pure).
 //! - `spawn`: starting a program ([`Launcher`]); the only part a pre-started
-//!   interpreter would replace.
+//!   interpreter replaces.
+//! - `prestart`: pre-started interpreters ([`Runner::prestart`]).
 //! - `supervise`: wall/CPU timer, capped output readers, cleanup.
 //! - `reaper`: subreaper, killing and reaping every descendant.
 //! - `signals`: SIGTERM & co. during a job end it cleanly, with a result.
@@ -24,6 +25,7 @@ mod execute;
 mod identity;
 mod job;
 mod limits;
+mod prestart;
 mod reaper;
 mod signals;
 mod spawn;
@@ -38,6 +40,7 @@ pub use execute::{DEFAULT_WORK_ROOT, Runner, StartError, signal_name};
 pub use identity::{Identity, IdentityError, LOCK_DIR, UID_RANGE};
 pub use job::{JobError, MAX_LINE_BYTES, read_line, salvage_id};
 pub use limits::{MAX_STACK_BYTES, OPEN_FILES};
+pub use prestart::{PrestartError, supported as prestart_supported};
 pub use spawn::{ForkExec, LaunchSpec, Launched, Launcher, PROGRAM_PATH};
 pub use supervise::POLL_INTERVAL;
 pub use versions::{VERSION_TIMEOUT, missing_programs, versions};

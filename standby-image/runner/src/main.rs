@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use uuid::Uuid;
-use warmpod_protocol::JobResult;
+use warmpod_protocol::{JobResult, Language};
 use warmpod_runner::{DEFAULT_WORK_ROOT, LOCK_DIR, Runner, read_line, salvage_id};
 
 /// Runs ONE warmpod job under limits: one JSON job line in, one JSON result
@@ -32,6 +32,11 @@ struct Cli {
     /// Directory in which each job's private work directory is created.
     #[arg(long, env = "WARMPOD_RUNNER_WORK_ROOT", default_value = DEFAULT_WORK_ROOT)]
     work_root: PathBuf,
+    /// Start this language's interpreter before reading the job (a
+    /// pre-started runtime, e.g. `python`); a job of another language runs
+    /// cold. Languages without pre-start support are a configuration error.
+    #[arg(long, env = "WARMPOD_RUNNER_PRESTART", value_name = "LANGUAGE")]
+    prestart: Option<String>,
     /// Directory of the per-uid lock files (root only).
     #[arg(long, env = "WARMPOD_RUNNER_LOCK_DIR", default_value = LOCK_DIR)]
     lock_dir: PathBuf,
@@ -58,7 +63,20 @@ fn main() -> ExitCode {
     if cli.check {
         return check();
     }
+    let prestart = match cli.prestart.as_deref().map(prestart_language).transpose() {
+        Ok(language) => language,
+        Err(message) => {
+            eprintln!("warmpod-runner: {message}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let runner = Runner::start(cli.uid, &cli.lock_dir, cli.work_root);
+    if let (Ok(runner), Some(language)) = (&runner, prestart)
+        && let Err(e) = runner.prestart(language)
+    {
+        // The job still runs, on the cold path.
+        eprintln!("warmpod-runner: {e}");
+    }
     let result = match (runner, read_line(&mut io::stdin().lock())) {
         (_, Err(e)) => JobResult::internal_error(Uuid::nil(), e.to_string()),
         (Err(e), Ok(line)) => {
@@ -84,6 +102,19 @@ fn run_job(runner: Runner, line: &[u8]) -> JobResult {
             "the runner failed unexpectedly (a bug; see its stderr)",
         ),
     }
+}
+
+/// The language `--prestart` names, if the runner can pre-start it.
+fn prestart_language(name: &str) -> Result<&'static Language, String> {
+    let language =
+        Language::find(name).ok_or_else(|| format!("--prestart: unknown language {name:?}"))?;
+    if !warmpod_runner::prestart_supported(language) {
+        return Err(format!(
+            "--prestart: language {} cannot be pre-started",
+            language.key
+        ));
+    }
+    Ok(language)
 }
 
 fn check() -> ExitCode {

@@ -45,6 +45,9 @@ pub struct Launched {
     pub stdout: File,
     /// Read end of its stderr, unless merged.
     pub stderr: Option<File>,
+    /// CPU time it had used before the job arrived (a pre-started
+    /// interpreter's start-up), in ms: not charged to the job.
+    pub cpu_before_ms: u64,
 }
 
 /// Starts programs.
@@ -54,6 +57,13 @@ pub trait Launcher {
     /// # Errors
     /// When the program cannot be started (fork, exec or setup failed).
     fn launch(&self, spec: &LaunchSpec<'_>) -> io::Result<Launched>;
+
+    /// Processes (threads included) of the program that exist before
+    /// [`launch`](Launcher::launch), e.g. a pre-started interpreter: they
+    /// are the program's, not part of the uid's other tasks.
+    fn program_tasks_before(&self) -> u64 {
+        0
+    }
 }
 
 /// Starts each program with fork and exec.
@@ -96,7 +106,8 @@ impl Launcher for ForkExec {
         sys::install_child_setup(
             &mut cmd,
             ChildSetup {
-                rlimits: spec.rlimits.rlimits(),
+                rlimits: Some(spec.rlimits.rlimits()),
+                program_fd: None,
                 ids: spec.ids,
                 parent: std::process::id() as i32,
             },
@@ -110,18 +121,19 @@ impl Launcher for ForkExec {
             pid: i32::try_from(child.id()).map_err(io::Error::other)?,
             stdout: File::from(out_read),
             stderr: err_read,
+            cpu_before_ms: 0,
         })
     }
 }
 
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
 }
 
 /// Writes `bytes` into the program's stdin pipe from a thread, then closes
 /// it. A program that never reads just makes the write fail once it is
 /// dead (or never started).
-fn feed(mut pipe: File, bytes: Vec<u8>) -> io::Result<()> {
+pub(crate) fn feed(mut pipe: File, bytes: Vec<u8>) -> io::Result<()> {
     thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {

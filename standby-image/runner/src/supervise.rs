@@ -133,6 +133,7 @@ pub fn supervise(
     signals: Option<&StopSignals>,
 ) -> Result<Outcome, SuperviseError> {
     let pid = launched.pid;
+    let cpu_before_ms = launched.cpu_before_ms;
     let exit = match ExitWatch::new(pid) {
         Ok(exit) => exit,
         Err(e) => {
@@ -147,8 +148,15 @@ pub fn supervise(
         streams.push(Stream::new(stderr, watch.output_cap));
     }
 
-    let (stop, exited_at) = match watch_until_end(pid, started, watch, &exit, signals, &mut streams)
-    {
+    let end = watch_until_end(
+        (pid, cpu_before_ms),
+        started,
+        watch,
+        &exit,
+        signals,
+        &mut streams,
+    );
+    let (stop, exited_at) = match end {
         Ok(end) => end,
         Err(e) => {
             reaper::kill_everything(Some(pid), watch.dedicated_uid, true);
@@ -178,7 +186,7 @@ pub fn supervise(
         exit: decode_status(main.status),
         stop,
         wall: exited_at.saturating_duration_since(started),
-        cpu_ms: reaper::rusage_cpu_ms(&main.rusage) + rest.cpu_ms,
+        cpu_ms: (reaper::rusage_cpu_ms(&main.rusage) + rest.cpu_ms).saturating_sub(cpu_before_ms),
         max_rss_kb: (main.rusage.ru_maxrss.max(0) as u64).max(rest.max_rss_kb),
         stdout: streams.next().unwrap_or_default(),
         stderr: streams.next().unwrap_or_default(),
@@ -188,9 +196,11 @@ pub fn supervise(
 /// The poll loop: returns when the program exits (no stop, with the exit
 /// time) or a limit fires (the stop). The CPU time is checked every
 /// [`POLL_INTERVAL`] whatever the pipes do, so a program that keeps writing
-/// cannot keep the check from running.
+/// cannot keep the check from running. CPU time is counted from the
+/// program's `cpu_before_ms` on (what a pre-started interpreter used
+/// before the job arrived is not the job's).
 fn watch_until_end(
-    pid: i32,
+    (pid, cpu_before_ms): (i32, u64),
     started: Instant,
     watch: &Watch,
     exit: &ExitWatch,
@@ -238,7 +248,7 @@ fn watch_until_end(
             } else {
                 cpu_time_ms(pid)
             };
-            if cpu_ms.is_some_and(|ms| ms >= watch.cpu_ms) {
+            if cpu_ms.is_some_and(|ms| ms.saturating_sub(cpu_before_ms) >= watch.cpu_ms) {
                 return Ok((Some(Stop::CpuTime), None));
             }
         }

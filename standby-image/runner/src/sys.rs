@@ -19,8 +19,12 @@ pub type Rlimit = (libc::__rlimit_resource_t, u64, u64);
 /// What a program's child process does to itself before `exec`.
 #[derive(Debug, Clone, Copy)]
 pub struct ChildSetup {
-    /// Resource limits, applied before the identity change.
-    pub rlimits: [Rlimit; RLIMIT_COUNT],
+    /// Resource limits, applied before the identity change (none for a
+    /// pre-started interpreter, which takes the job's with [`prlimit`]).
+    pub rlimits: Option<[Rlimit; RLIMIT_COUNT]>,
+    /// A descriptor to hand the program as fd 3 (a pre-started
+    /// interpreter's private program pipe).
+    pub program_fd: Option<i32>,
     /// `(uid, gid)` to switch to (only when the runner is root).
     pub ids: Option<(u32, u32)>,
     /// The runner's pid: a child whose parent is no longer this was
@@ -33,7 +37,7 @@ pub struct ChildSetup {
 pub fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
     // SAFETY: the closure runs in the forked child before exec. It only
     // makes raw system calls (setsid, prlimit, setgroups, setgid, setuid,
-    // prctl, close_range, fcntl, getppid), which are async-signal-safe; it
+    // prctl, close_range, fcntl, getppid, dup2), which are async-signal-safe; it
     // allocates nothing and takes no locks. `setup` is `Copy` and moved in.
     unsafe {
         cmd.pre_exec(move || child_setup(&setup));
@@ -51,7 +55,7 @@ fn check(ret: libc::c_long) -> io::Result<()> {
 fn child_setup(setup: &ChildSetup) -> io::Result<()> {
     // SAFETY: setsid takes no pointers; we are the forked child.
     check(unsafe { libc::setsid() }.into())?;
-    for (resource, soft, hard) in setup.rlimits {
+    for (resource, soft, hard) in setup.rlimits.into_iter().flatten() {
         let lim = libc::rlimit {
             rlim_cur: soft,
             rlim_max: hard,
@@ -80,7 +84,103 @@ fn child_setup(setup: &ChildSetup) -> io::Result<()> {
         return Err(io::Error::from_raw_os_error(libc::ESRCH));
     }
     close_inherited_on_exec();
+    if let Some(fd) = setup.program_fd {
+        hand_over_as_fd_3(fd)?;
+    }
     Ok(())
+}
+
+/// Makes `fd` the child's fd 3, kept open across exec.
+fn hand_over_as_fd_3(fd: i32) -> io::Result<()> {
+    const TARGET: i32 = 3;
+    if fd == TARGET {
+        // dup2 onto itself would keep close-on-exec set.
+        // SAFETY: plain integer arguments.
+        return check(unsafe { libc::fcntl(TARGET, libc::F_SETFD, 0) }.into());
+    }
+    // SAFETY: plain integer arguments; the new fd 3 is not close-on-exec.
+    check(unsafe { libc::dup2(fd, TARGET) }.into())
+}
+
+/// Applies `rlimits` to the running process `pid` (a pre-started
+/// interpreter, before it gets its program). With `as_ids`, from a forked
+/// helper that becomes that `(uid, gid)` first: the target's own identity
+/// may always lower its limits, where root without `CAP_SYS_RESOURCE` (a
+/// container) may not touch another uid's.
+///
+/// # Errors
+/// When a `prlimit` call fails (e.g. raising a hard limit unprivileged), or
+/// the helper cannot be forked or waited for.
+pub fn prlimit(
+    pid: i32,
+    rlimits: &[Rlimit; RLIMIT_COUNT],
+    as_ids: Option<(u32, u32)>,
+) -> io::Result<()> {
+    let Some((uid, gid)) = as_ids else {
+        return match prlimit_all(pid, rlimits) {
+            0 => Ok(()),
+            errno => Err(io::Error::from_raw_os_error(errno)),
+        };
+    };
+    let rlimits = *rlimits;
+    // SAFETY: the child makes only raw setgroups, setgid, setuid and
+    // prlimit64 system calls and _exit, all async-signal-safe, so forking
+    // a multi-threaded process is sound here.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if child == 0 {
+        // SAFETY: raw system calls in the forked child, then _exit without
+        // running any of the parent's destructors or atexit handlers.
+        unsafe {
+            let errno = if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>())
+                != 0
+                || libc::syscall(libc::SYS_setgid, gid) != 0
+                || libc::syscall(libc::SYS_setuid, uid) != 0
+            {
+                libc::EPERM
+            } else {
+                prlimit_all(pid, &rlimits)
+            };
+            libc::_exit(errno.clamp(0, 255));
+        }
+    }
+    let reaped = wait4(child, false)?.ok_or_else(|| io::Error::other("prlimit helper lost"))?;
+    match (
+        libc::WIFEXITED(reaped.status),
+        libc::WEXITSTATUS(reaped.status),
+    ) {
+        (true, 0) => Ok(()),
+        (true, errno) => Err(io::Error::from_raw_os_error(errno)),
+        (false, _) => Err(io::Error::other("the prlimit helper was killed")),
+    }
+}
+
+/// Raw `prlimit64` of every limit; 0 or the first failure's errno.
+fn prlimit_all(pid: i32, rlimits: &[Rlimit; RLIMIT_COUNT]) -> i32 {
+    for &(resource, soft, hard) in rlimits {
+        let lim = libc::rlimit64 {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        // SAFETY: `lim` is a valid rlimit64 for the call; the old value is
+        // not asked for (null).
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_prlimit64,
+                pid,
+                resource,
+                &lim,
+                std::ptr::null_mut::<libc::rlimit64>(),
+            )
+        };
+        if ret != 0 {
+            // SAFETY: reads this thread's errno.
+            return unsafe { *libc::__errno_location() };
+        }
+    }
+    0
 }
 
 /// Marks every descriptor above stderr close-on-exec, so nothing the

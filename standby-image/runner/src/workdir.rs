@@ -30,11 +30,54 @@ impl WorkDir {
         owner: Option<(u32, u32)>,
         files: &[(String, String)],
     ) -> io::Result<Self> {
-        let path = root.join(format!("warmpod-{id}-{}", std::process::id()));
+        let path = root.join(job_dir_name(id));
         DirBuilder::new().mode(0o700).create(&path)?;
         let dir = Self { path };
+        dir.write_files(owner, files)?;
+        chown(&dir.path, owner)?;
+        Ok(dir)
+    }
+
+    /// Creates the empty `<root>/warmpod-prestart-<runner pid>` owned by
+    /// `owner`, the cwd of a pre-started interpreter until its job arrives
+    /// (see [`hand_to_job`](Self::hand_to_job)).
+    ///
+    /// # Errors
+    /// When the directory exists already or cannot be given to `owner`.
+    pub fn create_for_prestart(root: &Path, owner: Option<(u32, u32)>) -> io::Result<Self> {
+        let path = root.join(format!("warmpod-prestart-{}", std::process::id()));
+        DirBuilder::new().mode(0o700).create(&path)?;
+        let dir = Self { path };
+        chown(&dir.path, owner)?;
+        Ok(dir)
+    }
+
+    /// Renames the directory to the name [`create`](Self::create) gives
+    /// job `id` (a process whose cwd it is follows it) and writes `files`
+    /// into it, so the job sees exactly the paths of the cold path.
+    ///
+    /// # Errors
+    /// When the rename or any write fails.
+    pub fn hand_to_job(
+        &mut self,
+        id: Uuid,
+        owner: Option<(u32, u32)>,
+        files: &[(String, String)],
+    ) -> io::Result<()> {
+        let root = self.path.parent().unwrap_or(Path::new("/"));
+        let path = root.join(job_dir_name(id));
+        // Fails (rather than replacing) if the target exists and is not empty.
+        if fs::symlink_metadata(&path).is_ok() {
+            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        }
+        fs::rename(&self.path, &path)?;
+        self.path = path;
+        self.write_files(owner, files)
+    }
+
+    fn write_files(&self, owner: Option<(u32, u32)>, files: &[(String, String)]) -> io::Result<()> {
         for (name, content) in files {
-            let file_path = dir.path.join(name);
+            let file_path = self.path.join(name);
             let mut f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -44,14 +87,18 @@ impl WorkDir {
             f.write_all(content.as_bytes())?;
             chown(&file_path, owner)?;
         }
-        chown(&dir.path, owner)?;
-        Ok(dir)
+        Ok(())
     }
 
     /// The directory's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// The work directory name of job `id` in this runner.
+fn job_dir_name(id: Uuid) -> String {
+    format!("warmpod-{id}-{}", std::process::id())
 }
 
 fn chown(path: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
@@ -113,6 +160,22 @@ mod tests {
         fs::create_dir_all(&locked).unwrap();
         fs::write(locked.join("f"), "x").unwrap();
         fs::set_permissions(path.join("a"), fs::Permissions::from_mode(0o000)).unwrap();
+        drop(dir);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_prestart_directory_takes_the_job_name_and_files() {
+        let root = tempfile::tempdir().unwrap();
+        let mut dir = WorkDir::create_for_prestart(root.path(), None).unwrap();
+        let old = dir.path().to_path_buf();
+        let id = Uuid::new_v4();
+        let files = vec![("main.py".to_string(), "x".to_string())];
+        dir.hand_to_job(id, None, &files).unwrap();
+        assert!(!old.exists());
+        assert_eq!(dir.path(), root.path().join(job_dir_name(id)));
+        assert_eq!(fs::read_to_string(dir.path().join("main.py")).unwrap(), "x");
+        let path = dir.path().to_path_buf();
         drop(dir);
         assert!(!path.exists());
     }

@@ -81,16 +81,54 @@ impl TestJob {
     }
 
     /// Runs the job, checks the result is for this job and that nothing of
-    /// it is left behind.
+    /// it is left behind. With `WARMPOD_RUNNER_TEST_PRESTART=1`, jobs of a
+    /// language the runner can pre-start run on a pre-started interpreter
+    /// (the whole suite in pre-started mode: `make test-runner-prestart`).
     pub fn run(&self) -> JobResult {
+        if prestart_mode() && self.prestartable() {
+            return self.run_prestarted();
+        }
         self.check(run_line(&self.value.to_string()))
+    }
+
+    /// Runs the job on a runner started with `--prestart <its language>`.
+    pub fn run_prestarted(&self) -> JobResult {
+        let language = self.language();
+        self.run_with_args(&["--prestart", &language])
+    }
+
+    /// Runs the job on a runner started with `args`.
+    pub fn run_with_args(&self, args: &[&str]) -> JobResult {
+        let (status, stdout) = run_raw(args, &self.value.to_string());
+        assert!(status.success(), "runner exited with {status}");
+        self.check(parse_single_line(&stdout))
+    }
+
+    /// The job's language key as sent.
+    pub fn language(&self) -> String {
+        self.value["language"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Whether the runner can pre-start the job's language.
+    pub fn prestartable(&self) -> bool {
+        warmpod_protocol::Language::find(&self.language())
+            .is_some_and(warmpod_runner::prestart_supported)
     }
 
     /// Like [`run`](Self::run), with the runner itself unprivileged (as it
     /// runs in a bubblewrap sandbox or a non-root pod): as a fresh uid when
     /// the tests run as root, else as the tests' own uid.
     pub fn run_unprivileged(&self) -> JobResult {
-        let (status, stdout) = run_unprivileged_raw(&self.value.to_string());
+        self.run_unprivileged_with_args(&[])
+    }
+
+    /// Like [`run_unprivileged`](Self::run_unprivileged), the runner started
+    /// with `args`.
+    pub fn run_unprivileged_with_args(&self, args: &[&str]) -> JobResult {
+        let (status, stdout) = run_unprivileged_raw(args, &self.value.to_string());
         assert!(status.success(), "runner exited with {status}");
         self.check(parse_single_line(&stdout))
     }
@@ -117,11 +155,11 @@ fn unprivileged_uid() -> u32 {
     63_000 + std::process::id() % 1000
 }
 
-fn run_unprivileged_raw(input: &str) -> (std::process::ExitStatus, String) {
+fn run_unprivileged_raw(args: &[&str], input: &str) -> (std::process::ExitStatus, String) {
     if !is_root() {
-        return run_raw(&[], input);
+        return run_raw(args, input);
     }
-    run_wrapped(&[], true, input)
+    run_wrapped_with_args(&[], true, args, input)
 }
 
 /// Runs a copy of the runner (outside the build tree, which other uids may
@@ -130,6 +168,16 @@ fn run_unprivileged_raw(input: &str) -> (std::process::ExitStatus, String) {
 pub fn run_wrapped(
     wrapper: &[&str],
     drop_root: bool,
+    input: &str,
+) -> (std::process::ExitStatus, String) {
+    run_wrapped_with_args(wrapper, drop_root, &[], input)
+}
+
+/// [`run_wrapped`] with arguments for the runner.
+pub fn run_wrapped_with_args(
+    wrapper: &[&str],
+    drop_root: bool,
+    args: &[&str],
     input: &str,
 ) -> (std::process::ExitStatus, String) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -151,7 +199,13 @@ pub fn run_wrapped(
         ]);
     }
     argv.push(runner.to_str().expect("UTF-8 path"));
+    argv.extend(args);
     run_program(argv[0], &argv[1..], input)
+}
+
+/// Whether `WARMPOD_RUNNER_TEST_PRESTART=1` asks for the pre-started mode.
+pub fn prestart_mode() -> bool {
+    std::env::var("WARMPOD_RUNNER_TEST_PRESTART").is_ok_and(|v| v == "1")
 }
 
 /// Whether the tests run as root.

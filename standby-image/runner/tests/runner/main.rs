@@ -6,4 +6,5 @@ mod helpers;
 mod input;
 mod languages;
 mod limits;
+mod prestart;
 mod processes;

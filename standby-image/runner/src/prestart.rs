@@ -1,0 +1,356 @@
+//! Pre-started interpreters: a language's interpreter started before the
+//! job arrives, already as the program uid, in its own session, with the
+//! clean environment and its (single-use) work directory as cwd, blocked
+//! reading its program from a private socket (fd 3), on which it first
+//! says it is ready.
+//!
+//! When the job arrives, [`Prestarted::hand_over`] renames the work
+//! directory to the job's and writes its files; the [`Launcher`] it returns
+//! then applies every resource limit with `prlimit` (`RLIMIT_CPU` raised by
+//! the CPU the start-up used, which is also subtracted from the job's CPU
+//! time; a job that arrives before the interpreter is ready waits for it,
+//! on the job's wall clock), sends `"<stdin mode>\0<work dir>\0<argv>..."` and feeds stdin.
+//! From there supervision and verdicts are the cold path's. The
+//! language's bootstrap (`prestart/<key>.py`…) makes the program run as
+//! the cold run command would.
+//!
+//! A job of another language, or with a memory limit the interpreter was
+//! not started for, runs on the cold path: the interpreter is killed first
+//! (dropping [`Prestarted`] kills and reaps it and removes its directory).
+
+use std::cell::RefCell;
+use std::fs::{self, File};
+use std::io::Read;
+use std::io::{self, Write};
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use uuid::Uuid;
+use warmpod_protocol::{Language, ResolvedLimits, language};
+
+use crate::spawn::{self, LaunchSpec, Launched, Launcher, PROGRAM_PATH};
+use crate::sys::{self, ChildSetup};
+use crate::workdir::WorkDir;
+
+/// How long a job waits for an interpreter still starting up before it is
+/// given its program anyway (its wall clock runs meanwhile).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The bootstrap code of `language`, if the runner has one.
+pub fn bootstrap(language: &Language) -> Option<&'static str> {
+    match language.key {
+        "python" => Some(include_str!("prestart/python.py")),
+        _ => None,
+    }
+}
+
+/// Whether jobs of `language` can run on a pre-started interpreter.
+pub fn supported(language: &Language) -> bool {
+    language.prestart.is_some() && language.compile.is_none() && bootstrap(language).is_some()
+}
+
+/// Why no interpreter could be pre-started.
+#[derive(Debug, thiserror::Error)]
+pub enum PrestartError {
+    /// The language has no pre-start command or bootstrap.
+    #[error("language {0} cannot be pre-started")]
+    Unsupported(&'static str),
+    /// Creating the directory or pipes, or spawning, failed.
+    #[error("pre-starting the {language} interpreter failed: {source}")]
+    Spawn {
+        /// The language's key.
+        language: &'static str,
+        /// What failed.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// An interpreter waiting for its program.
+#[derive(Debug)]
+pub struct Prestarted {
+    language: &'static Language,
+    /// The memory limit (KiB) its command was expanded for.
+    memory_kb: u64,
+    dir: WorkDir,
+    waiting: Waiting,
+}
+
+/// The waiting process and the runner's ends of its pipes. Dropped unused,
+/// it kills and reaps the process.
+#[derive(Debug)]
+struct Waiting {
+    pid: i32,
+    program: Option<UnixStream>,
+    stdin: Option<File>,
+    stdout: Option<File>,
+    stderr: Option<File>,
+    /// Set once launched: supervision then owns (and reaps) the process.
+    launched: bool,
+}
+
+impl Prestarted {
+    /// Starts `language`'s interpreter as `ids` in a fresh directory under
+    /// `work_root`, for jobs with the default memory limit.
+    ///
+    /// # Errors
+    /// See [`PrestartError`].
+    pub fn start(
+        language: &'static Language,
+        ids: Option<(u32, u32)>,
+        work_root: &std::path::Path,
+    ) -> Result<Self, PrestartError> {
+        let (Some(template), Some(code), true) =
+            (language.prestart, bootstrap(language), supported(language))
+        else {
+            return Err(PrestartError::Unsupported(language.key));
+        };
+        let memory_kb = ResolvedLimits::DEFAULT.memory_kb;
+        let argv: Vec<String> = language::expand(template, &[language.source_file], memory_kb)
+            .into_iter()
+            .map(|a| a.replace("{bootstrap}", code))
+            .collect();
+        let spawn_err = |source| PrestartError::Spawn {
+            language: language.key,
+            source,
+        };
+        let dir = WorkDir::create_for_prestart(work_root, ids).map_err(spawn_err)?;
+        let waiting = spawn_waiting(&argv, &dir, ids).map_err(spawn_err)?;
+        Ok(Self {
+            language,
+            memory_kb,
+            dir,
+            waiting,
+        })
+    }
+
+    /// The pre-started language.
+    pub fn language(&self) -> &'static Language {
+        self.language
+    }
+
+    /// Whether a job of `language` with a memory limit of `memory_kb` can
+    /// run on this interpreter exactly as on the cold path.
+    pub fn serves(&self, language: &Language, memory_kb: u64) -> bool {
+        let Some(template) = self.language.prestart else {
+            return false;
+        };
+        let uses_memory = template.iter().any(|a| a.contains("{memory_mb}"))
+            || self.language.run.iter().any(|a| a.contains("{memory_mb}"));
+        language.key == self.language.key && (!uses_memory || memory_kb == self.memory_kb)
+    }
+
+    /// Gives the interpreter to job `id`: its directory takes the job's
+    /// name and `files` (owned by `owner`). Returns the directory and the
+    /// launcher that starts the job's run step on the interpreter.
+    ///
+    /// # Errors
+    /// When the directory cannot be renamed or written (the interpreter is
+    /// then killed).
+    pub fn hand_over(
+        self,
+        id: Uuid,
+        owner: Option<(u32, u32)>,
+        files: &[(String, String)],
+    ) -> io::Result<(WorkDir, PrestartLauncher)> {
+        let Self {
+            language,
+            mut dir,
+            waiting,
+            ..
+        } = self;
+        // On failure `waiting` is dropped: the interpreter is killed.
+        dir.hand_to_job(id, owner, files)?;
+        let launcher = PrestartLauncher {
+            language,
+            dir: dir.path().to_path_buf(),
+            waiting: RefCell::new(Some(waiting)),
+        };
+        Ok((dir, launcher))
+    }
+}
+
+fn spawn_waiting(argv: &[String], dir: &WorkDir, ids: Option<(u32, u32)>) -> io::Result<Waiting> {
+    // The program socket first, so the child's end has the lowest
+    // descriptor (below std's own exec-error pipe, which fd 3 must not
+    // replace).
+    let (program_write, program_read) = UnixStream::pair()?;
+    let (stdin_read, stdin_write) = spawn::pipe()?;
+    let (out_read, out_write) = spawn::pipe()?;
+    let (err_read, err_write) = spawn::pipe()?;
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .env("PATH", PROGRAM_PATH)
+        .env("HOME", dir.path())
+        .env("TMPDIR", dir.path())
+        .env("LANG", "C.UTF-8")
+        .current_dir(dir.path())
+        .stdin(Stdio::from(stdin_read))
+        .stdout(Stdio::from(out_write))
+        .stderr(Stdio::from(err_write));
+    sys::install_child_setup(
+        &mut cmd,
+        ChildSetup {
+            rlimits: None,
+            program_fd: Some(program_read.as_raw_fd()),
+            ids,
+            parent: std::process::id() as i32,
+        },
+    );
+    let child = cmd.spawn()?;
+    // Our copies of the child's ends must close, so EOF and EPIPE work.
+    drop(cmd);
+    drop(program_read);
+    Ok(Waiting {
+        pid: i32::try_from(child.id()).map_err(io::Error::other)?,
+        program: Some(program_write),
+        stdin: Some(File::from(stdin_write)),
+        stdout: Some(File::from(out_read)),
+        stderr: Some(File::from(err_read)),
+        launched: false,
+    })
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if self.launched {
+            return;
+        }
+        let _ = signal::killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+        let _ = signal::kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+        let _ = sys::wait4(self.pid, false);
+    }
+}
+
+/// Starts a job's run step on a pre-started interpreter (once).
+#[derive(Debug)]
+pub struct PrestartLauncher {
+    language: &'static Language,
+    dir: std::path::PathBuf,
+    waiting: RefCell<Option<Waiting>>,
+}
+
+impl Launcher for PrestartLauncher {
+    fn program_tasks_before(&self) -> u64 {
+        self.waiting
+            .borrow()
+            .as_ref()
+            .map_or(0, |w| tasks_of(w.pid))
+    }
+
+    fn launch(&self, spec: &LaunchSpec<'_>) -> io::Result<Launched> {
+        let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
+        // The run command's words before `{source}` are the interpreter's.
+        let skip = self.language.run.len().saturating_sub(1);
+        if spec.merge_output || spec.dir != self.dir || spec.argv.len() <= skip {
+            return Err(invalid("not the run step the interpreter was started for"));
+        }
+        let mut waiting = self
+            .waiting
+            .borrow_mut()
+            .take()
+            .ok_or_else(|| invalid("the pre-started interpreter was used already"))?;
+        let mut program = waiting
+            .program
+            .take()
+            .ok_or_else(|| invalid("no program socket"))?;
+        wait_ready(&mut program);
+        let cpu_before_ms = cpu_used_ms(waiting.pid)?;
+        let mut rlimits = spec.rlimits;
+        rlimits.cpu_seconds = rlimits
+            .cpu_seconds
+            .saturating_add(cpu_before_ms.div_ceil(1000));
+        sys::prlimit(waiting.pid, &rlimits.rlimits(), spec.ids)?;
+        let mut header = Vec::new();
+        header.extend_from_slice(if spec.stdin.is_empty() {
+            b"null"
+        } else {
+            b"pipe"
+        });
+        for field in std::iter::once(spec.dir.as_os_str())
+            .chain(spec.argv[skip..].iter().map(std::ffi::OsStr::new))
+        {
+            header.push(0);
+            header.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(field));
+        }
+        let stdin = waiting.stdin.take();
+        if let (Some(pipe), false) = (stdin, spec.stdin.is_empty()) {
+            spawn::feed(pipe, spec.stdin.to_vec())?;
+        }
+        // From here the process is the job's: supervision reaps it.
+        let launched = Launched {
+            pid: waiting.pid,
+            stdout: waiting.stdout.take().ok_or_else(|| invalid("no stdout"))?,
+            stderr: waiting.stderr.take(),
+            cpu_before_ms,
+        };
+        if let Err(e) = program.write_all(&header) {
+            // Dead already (e.g. killed): supervision reports what it was.
+            eprintln!("warmpod-runner: sending the program to the interpreter failed: {e}");
+        }
+        let _ = program.shutdown(Shutdown::Both);
+        waiting.launched = true;
+        Ok(launched)
+    }
+}
+
+/// Waits (at most [`READY_TIMEOUT`]) for the interpreter's "ready" byte;
+/// an interpreter that died or hangs gets its program anyway, and
+/// supervision reports what happened.
+fn wait_ready(program: &mut UnixStream) {
+    let _ = program.set_read_timeout(Some(READY_TIMEOUT));
+    let mut byte = [0u8; 1];
+    let _ = program.read(&mut byte);
+}
+
+/// Threads of process `pid` (1 if unreadable).
+fn tasks_of(pid: i32) -> u64 {
+    fs::read_dir(format!("/proc/{pid}/task")).map_or(1, |d| d.count() as u64)
+}
+
+/// CPU time process `pid` has used, in ms: from its scheduler statistics
+/// (nanoseconds), else from `/proc/<pid>/stat` (clock ticks).
+fn cpu_used_ms(pid: i32) -> io::Result<u64> {
+    if let Ok(schedstat) = fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        && let Some(ns) = schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+    {
+        return Ok(ns / 1_000_000);
+    }
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let ticks = crate::reaper::parse_stat(pid, &stat)
+        .ok_or_else(|| io::Error::other("unreadable /proc stat"))?
+        .cpu_ticks;
+    let per_second = match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+        Ok(Some(t)) if t > 0 => t as u64,
+        _ => 100,
+    };
+    Ok(ticks * 1000 / per_second)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_python_is_supported_for_now() {
+        let python = Language::find("python").unwrap();
+        assert!(supported(python));
+        for key in ["javascript", "c", "cpp", "java", "bash"] {
+            assert!(!supported(Language::find(key).unwrap()), "{key}");
+        }
+    }
+
+    #[test]
+    fn cpu_of_a_running_process_is_read() {
+        assert!(cpu_used_ms(std::process::id() as i32).is_ok());
+    }
+}
