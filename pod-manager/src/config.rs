@@ -39,6 +39,9 @@ pub const DEFAULT_SANDBOX_TMP_MB: u64 = 512;
 pub const DEFAULT_SANDBOX_UID_BASE: u32 = 62_000;
 /// Default `WARMPOD_VERSIONS_INTERVAL_S`.
 pub const DEFAULT_VERSIONS_INTERVAL_S: u64 = 60;
+/// Default `WARMPOD_PRESTART_LANGUAGES`: languages whose interpreter may
+/// be pre-started in a sandbox, as the job mix asks.
+pub const DEFAULT_PRESTART_LANGUAGES: &str = "python";
 /// Default `WARMPOD_BWRAP`.
 pub const DEFAULT_BWRAP: &str = "/usr/bin/bwrap";
 
@@ -55,6 +58,31 @@ pub struct ConfigError {
     pub value: String,
     /// Why it is wrong.
     pub reason: String,
+}
+
+/// Parses `WARMPOD_PRESTART_LANGUAGES`: language keys or aliases with a
+/// pre-start command in the language table, or `none`.
+fn prestart_languages(raw: &str) -> Result<Vec<&'static str>, ConfigError> {
+    let var = "WARMPOD_PRESTART_LANGUAGES";
+    if raw.trim().eq_ignore_ascii_case("none") {
+        return Ok(Vec::new());
+    }
+    let mut keys = Vec::new();
+    for name in raw.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let language = warmpod_protocol::Language::find(name)
+            .ok_or_else(|| bad(var, raw, &format!("unknown language {name:?}")))?;
+        if language.prestart.is_none() {
+            return Err(bad(
+                var,
+                raw,
+                &format!("{} cannot be pre-started", language.key),
+            ));
+        }
+        if !keys.contains(&language.key) {
+            keys.push(language.key);
+        }
+    }
+    Ok(keys)
 }
 
 /// Which [`WarmPool`](crate::pool::WarmPool) backend runs jobs.
@@ -157,6 +185,10 @@ pub struct LocalConfig {
     /// Added to a job's wall limits before a silent sandbox is given up
     /// (`WARMPOD_JOB_GRACE_MS`).
     pub job_grace: Duration,
+    /// Language keys whose interpreter sandboxes may pre-start, split by
+    /// the job mix (`WARMPOD_PRESTART_LANGUAGES`, comma-separated, `none`
+    /// for none).
+    pub prestart_languages: Vec<&'static str>,
 }
 
 /// The whole pod-manager configuration.
@@ -271,6 +303,10 @@ impl Config {
                 "WARMPOD_JOB_GRACE_MS",
                 DEFAULT_JOB_GRACE_MS,
             )?),
+            prestart_languages: prestart_languages(
+                &get("WARMPOD_PRESTART_LANGUAGES")
+                    .unwrap_or_else(|| DEFAULT_PRESTART_LANGUAGES.into()),
+            )?,
         };
         if local.uid_base < 1000 || local.uid_base.checked_add(2 * 256 + 1).is_none() {
             return Err(bad(
@@ -490,6 +526,15 @@ mod tests {
     }
 
     #[test]
+    fn prestart_languages_default_and_parse() {
+        assert_eq!(config(&[]).unwrap().local.prestart_languages, ["python"]);
+        let none = config(&[("WARMPOD_PRESTART_LANGUAGES", "none")]).unwrap();
+        assert!(none.local.prestart_languages.is_empty());
+        let aliases = config(&[("WARMPOD_PRESTART_LANGUAGES", " py , python3 ")]).unwrap();
+        assert_eq!(aliases.local.prestart_languages, ["python"]);
+    }
+
+    #[test]
     fn bad_values_name_their_variable() {
         let cases = [
             ("WARMPOD_BACKEND", "docker"),
@@ -502,6 +547,8 @@ mod tests {
             ("WARMPOD_SANDBOX_UID_BASE", "0"),
             ("WARMPOD_CGROUPS", "yes"),
             ("AMQP_URL", "http://x"),
+            ("WARMPOD_PRESTART_LANGUAGES", "cobol"),
+            ("WARMPOD_PRESTART_LANGUAGES", "python,java"),
         ];
         for (var, value) in cases {
             let err = config(&[(var, value)]).unwrap_err();

@@ -419,7 +419,7 @@ async fn claim_and_run<P: WarmPool>(ctx: &Context<P>, job: &Job) -> Result<JobRe
     for attempt in 1..=2 {
         let claim_started = Instant::now();
         let claimed = tokio::select! {
-            claimed = ctx.pool.claim(job.id) => claimed,
+            claimed = ctx.pool.claim_for(job.id, &job.language) => claimed,
             () = ctx.shutdown.cancelled() => {
                 if attempt == 1 {
                     return Err(JobError::NotStarted);
@@ -430,7 +430,11 @@ async fn claim_and_run<P: WarmPool>(ctx: &Context<P>, job: &Job) -> Result<JobRe
                 ));
             }
         };
-        let Claimed { mut sandbox, warm } = claimed.map_err(JobError::Claim)?;
+        let claimed = claimed.map_err(JobError::Claim)?;
+        ctx.metrics.claimed(claimed.kind(), &job.language);
+        let Claimed {
+            mut sandbox, warm, ..
+        } = claimed;
         let took = claim_started.elapsed();
         claim_ms += took.as_millis() as u64;
         ctx.metrics.phase(Phase::Claim, took);

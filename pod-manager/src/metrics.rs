@@ -8,6 +8,10 @@
 //! - `dead_lettered_total{reason}`: messages rejected to the dead-letter queue;
 //! - `pool_ready`, `pool_claimed`, `pool_starting`: pool gauges;
 //! - `pool_warm_hits`, `pool_cold_claims`, `pool_warm_hit_ratio`;
+//! - `claims_total{kind,language}`: claims by how they were served
+//!   (`specialised`: a ready sandbox with the job's interpreter
+//!   pre-started; `generic`: another ready one; `cold`: had to wait) and
+//!   the job's language key;
 //! - `jobs_in_flight`, `broker_connected`.
 
 use std::net::SocketAddr;
@@ -34,6 +38,7 @@ pub struct Metrics {
     jobs: IntCounterVec,
     infra_failures: IntCounterVec,
     dead_lettered: IntCounterVec,
+    claims: IntCounterVec,
     pool_ready: IntGauge,
     pool_claimed: IntGauge,
     pool_starting: IntGauge,
@@ -102,6 +107,14 @@ impl Default for Metrics {
                 &["reason"],
             )
             .expect("valid metric"),
+            claims: IntCounterVec::new(
+                Opts::new(
+                    name("claims_total"),
+                    "Sandbox claims by kind (specialised, generic, cold) and language",
+                ),
+                &["kind", "language"],
+            )
+            .expect("valid metric"),
             pool_ready: gauge("pool_ready", "Sandboxes ready for a job"),
             pool_claimed: gauge("pool_claimed", "Sandboxes claimed by a job"),
             pool_starting: gauge("pool_starting", "Sandboxes being started"),
@@ -130,6 +143,7 @@ impl Metrics {
         r.register(Box::new(m.jobs.clone()))?;
         r.register(Box::new(m.infra_failures.clone()))?;
         r.register(Box::new(m.dead_lettered.clone()))?;
+        r.register(Box::new(m.claims.clone()))?;
         for g in [
             &m.pool_ready,
             &m.pool_claimed,
@@ -171,6 +185,13 @@ impl Metrics {
             pool::Error::Closed => "closed",
         };
         self.infra_failures.with_label_values(&[kind]).inc();
+    }
+
+    /// Counts a claim of `kind` (see [`Claimed::kind`](crate::pool::Claimed::kind))
+    /// for a job of `language` (as sent; unknown names count as `unknown`).
+    pub fn claimed(&self, kind: &'static str, language: &str) {
+        let language = warmpod_protocol::Language::find(language).map_or("unknown", |l| l.key);
+        self.claims.with_label_values(&[kind, language]).inc();
     }
 
     /// Counts a message sent to the dead-letter queue.
@@ -345,6 +366,25 @@ mod tests {
         );
         assert!(
             text.contains("warmpod_pod_manager_phase_seconds_count{phase=\"claim\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn claims_are_counted_by_kind_and_language_key() {
+        let m = Metrics::new().unwrap();
+        m.claimed("specialised", "py");
+        m.claimed("specialised", "python");
+        m.claimed("cold", "cobol");
+        let text = m.render();
+        assert!(
+            text.contains(
+                "warmpod_pod_manager_claims_total{kind=\"specialised\",language=\"python\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("warmpod_pod_manager_claims_total{kind=\"cold\",language=\"unknown\"} 1"),
             "{text}"
         );
     }

@@ -349,6 +349,7 @@ impl WarmPool for KubePool {
                 deleted: false,
             },
             warm: outcome.warm,
+            specialised: false,
         })
     }
 

@@ -16,6 +16,15 @@
 //! A background refill task keeps `pool_size` sandboxes ready; a sandbox
 //! counts as ready once its runner process is started and asleep (blocked
 //! reading the job), so a claim never waits for bubblewrap's set-up.
+//!
+//! Sandboxes may be specialised: their runner started with `--prestart
+//! <language>` holds that language's interpreter already started (see the
+//! runner's `prestart` module). The refill splits the pool between generic
+//! and specialised sandboxes by the recent job mix ([`super::mix`], over
+//! `prestart_languages`); a claim takes a ready sandbox specialised for
+//! the job's language if there is one, else a generic one, else any ready
+//! one (whose runner then runs the job cold), and never waits for a
+//! specialised one.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs;
@@ -33,6 +42,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 use warmpod_protocol::{Job, JobResult, Language, ResolvedLimits};
 
+use super::mix::DemandMix;
 use super::{Claimed, Error, PoolStats, Result, WarmPool};
 use crate::cgroup::{self, CgroupManager, SandboxCgroup};
 use crate::config::LocalConfig;
@@ -83,9 +93,17 @@ pub struct LocalSandbox {
     stdout: BufReader<ChildStdout>,
     stderr_tail: Arc<Mutex<Vec<u8>>>,
     cgroup: Option<SandboxCgroup>,
+    /// The language whose interpreter its runner pre-started, if any.
+    prestart: Option<&'static str>,
 }
 
 impl LocalSandbox {
+    /// The language key whose interpreter the sandbox's runner pre-started
+    /// (`None`: a generic sandbox).
+    pub fn prestarted(&self) -> Option<&'static str> {
+        self.prestart
+    }
+
     /// The host pid of the sandbox's `bwrap` process.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
@@ -132,6 +150,10 @@ struct Inner {
     /// Slots (uids, cgroup names) not held by any live sandbox.
     free_slots: Mutex<Vec<usize>>,
     starting: AtomicU64,
+    /// The kind (pre-started language or generic) of each sandbox starting.
+    starting_kinds: Mutex<Vec<Option<&'static str>>>,
+    /// Recent demand per pre-startable language.
+    mix: Mutex<DemandMix>,
     claimed: AtomicU64,
     warm_hits: AtomicU64,
     cold_claims: AtomicU64,
@@ -218,6 +240,7 @@ impl LocalPool {
         }
         // The spare slot (the last) is for one-off sandboxes.
         let free_slots = (0..slots - 1).rev().collect();
+        let mix = DemandMix::new(&cfg.prestart_languages);
         let pool = Self {
             inner: Arc::new(Inner {
                 cfg,
@@ -229,6 +252,8 @@ impl LocalPool {
                 refill: Notify::new(),
                 free_slots: Mutex::new(free_slots),
                 starting: AtomicU64::new(0),
+                starting_kinds: Mutex::new(Vec::new()),
+                mix: Mutex::new(mix),
                 claimed: AtomicU64::new(0),
                 warm_hits: AtomicU64::new(0),
                 cold_claims: AtomicU64::new(0),
@@ -238,7 +263,7 @@ impl LocalPool {
         };
         let first_slot = pool.inner.take_slot().expect("a fresh pool has free slots");
         pool.inner.starting.fetch_add(1, Ordering::SeqCst);
-        let first = pool.inner.start_sandbox(first_slot, &[]).await;
+        let first = pool.inner.start_sandbox(first_slot, None).await;
         pool.inner.starting.fetch_sub(1, Ordering::SeqCst);
         match first {
             Ok(sandbox) => pool.inner.push_ready(sandbox),
@@ -256,6 +281,13 @@ impl LocalPool {
     pub fn ready_pids(&self) -> Vec<u32> {
         let ready = self.inner.ready.lock().expect("ready queue lock");
         ready.iter().filter_map(LocalSandbox::pid).collect()
+    }
+
+    /// The kinds of the ready sandboxes, oldest first: the language whose
+    /// interpreter is pre-started, or `None` for generic ones.
+    pub fn ready_kinds(&self) -> Vec<Option<&'static str>> {
+        let ready = self.inner.ready.lock().expect("ready queue lock");
+        ready.iter().map(|s| s.prestart).collect()
     }
 
     /// Runs `warmpod-runner <args>` in a fresh one-off sandbox (not from
@@ -305,8 +337,16 @@ impl LocalPool {
 impl WarmPool for LocalPool {
     type Sandbox = LocalSandbox;
 
-    async fn claim(&self, _job_id: Uuid) -> Result<Claimed<LocalSandbox>> {
+    async fn claim(&self, job_id: Uuid) -> Result<Claimed<LocalSandbox>> {
+        self.claim_for(job_id, "").await
+    }
+
+    async fn claim_for(&self, _job_id: Uuid, language: &str) -> Result<Claimed<LocalSandbox>> {
         let inner = &self.inner;
+        let key = Language::find(language).map(|l| l.key);
+        if let Some(key) = key {
+            inner.mix.lock().expect("mix lock").observe(key);
+        }
         let mut warm = true;
         loop {
             let wait = inner.ready_changed.notified();
@@ -315,7 +355,7 @@ impl WarmPool for LocalPool {
             if inner.closed.load(Ordering::SeqCst) {
                 return Err(Error::Closed);
             }
-            let popped = inner.ready.lock().expect("ready queue lock").pop_front();
+            let popped = take_best(&mut inner.ready.lock().expect("ready queue lock"), key);
             if let Some(sandbox) = popped {
                 inner.claimed.fetch_add(1, Ordering::SeqCst);
                 let counter = if warm {
@@ -325,7 +365,12 @@ impl WarmPool for LocalPool {
                 };
                 counter.fetch_add(1, Ordering::SeqCst);
                 inner.refill.notify_one();
-                return Ok(Claimed { sandbox, warm });
+                let specialised = warm && key.is_some() && sandbox.prestart == key;
+                return Ok(Claimed {
+                    sandbox,
+                    warm,
+                    specialised,
+                });
             }
             warm = false;
             inner.refill.notify_one();
@@ -456,6 +501,19 @@ impl WarmPool for LocalPool {
     }
 }
 
+/// Takes the best ready sandbox for a job of language `key`: one
+/// specialised for it, else a generic one, else the oldest.
+fn take_best(
+    ready: &mut VecDeque<LocalSandbox>,
+    key: Option<&'static str>,
+) -> Option<LocalSandbox> {
+    let at = key
+        .and_then(|k| ready.iter().position(|s| s.prestart == Some(k)))
+        .or_else(|| ready.iter().position(|s| s.prestart.is_none()))
+        .unwrap_or(0);
+    ready.remove(at)
+}
+
 impl Inner {
     fn take_slot(&self) -> Option<usize> {
         self.free_slots.lock().expect("slot lock").pop()
@@ -474,6 +532,31 @@ impl Inner {
             .expect("ready queue lock")
             .push_back(sandbox);
         self.ready_changed.notify_waiters();
+    }
+
+    /// The kind of sandbox to start next, by the job mix.
+    fn next_kind(&self) -> Option<&'static str> {
+        if self.cfg.prestart_languages.is_empty() {
+            return None;
+        }
+        let split = self.mix.lock().expect("mix lock").split(self.cfg.pool_size);
+        let ready: Vec<Option<&'static str>> = self
+            .ready
+            .lock()
+            .map(|q| q.iter().map(|s| s.prestart).collect())
+            .unwrap_or_default();
+        let starting = self
+            .starting_kinds
+            .lock()
+            .map(|k| k.clone())
+            .unwrap_or_default();
+        split.next_kind(|kind| {
+            ready
+                .iter()
+                .chain(&starting)
+                .filter(|k| **k == kind)
+                .count()
+        })
     }
 
     fn ready_and_starting(&self) -> usize {
@@ -552,12 +635,23 @@ impl Inner {
             stdout,
             stderr_tail,
             cgroup,
+            prestart: None,
         })
     }
 
-    /// Spawns a sandbox and waits until its runner is blocked on stdin.
-    async fn start_sandbox(&self, slot: usize, args: &[&str]) -> Result<LocalSandbox> {
-        let mut sandbox = self.spawn(slot, args)?;
+    /// Spawns a sandbox (its runner pre-starting `prestart`'s interpreter,
+    /// if given) and waits until its runner is blocked on stdin.
+    async fn start_sandbox(
+        &self,
+        slot: usize,
+        prestart: Option<&'static str>,
+    ) -> Result<LocalSandbox> {
+        let args: Vec<&str> = match prestart {
+            Some(language) => vec!["--prestart", language],
+            None => Vec::new(),
+        };
+        let mut sandbox = self.spawn(slot, &args)?;
+        sandbox.prestart = prestart;
         let pid = sandbox.pid();
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut pause = Duration::from_micros(500);
@@ -651,8 +745,10 @@ async fn refill(inner: Arc<Inner>) {
         if inner.ready_and_starting() < inner.cfg.pool_size
             && let Some(slot) = inner.take_slot()
         {
+            let kind = inner.next_kind();
             inner.starting.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(start_one(inner.clone(), slot, done_tx.clone()));
+            inner.starting_kinds.lock().expect("kinds lock").push(kind);
+            tokio::spawn(start_one(inner.clone(), slot, kind, done_tx.clone()));
             continue;
         }
         tokio::select! {
@@ -662,10 +758,15 @@ async fn refill(inner: Arc<Inner>) {
     }
 }
 
-/// Starts the sandbox of `slot` and adds it to the ready queue; reports
-/// success on `done`.
-async fn start_one(inner: Arc<Inner>, slot: usize, done: tokio::sync::mpsc::UnboundedSender<bool>) {
-    let started = inner.start_sandbox(slot, &[]).await;
+/// Starts the sandbox of `slot` (of `kind`) and adds it to the ready
+/// queue; reports success on `done`.
+async fn start_one(
+    inner: Arc<Inner>,
+    slot: usize,
+    kind: Option<&'static str>,
+    done: tokio::sync::mpsc::UnboundedSender<bool>,
+) {
+    let started = inner.start_sandbox(slot, kind).await;
     let ok = started.is_ok();
     match started {
         Ok(sandbox) if !inner.closed.load(Ordering::SeqCst) => inner.push_ready(sandbox),
@@ -679,6 +780,11 @@ async fn start_one(inner: Arc<Inner>, slot: usize, done: tokio::sync::mpsc::Unbo
             }
             inner.release_slot(slot);
         }
+    }
+    if let Ok(mut kinds) = inner.starting_kinds.lock()
+        && let Some(at) = kinds.iter().position(|k| *k == kind)
+    {
+        kinds.remove(at);
     }
     inner.starting.fetch_sub(1, Ordering::SeqCst);
     let _ = done.send(ok);

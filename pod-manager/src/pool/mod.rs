@@ -7,6 +7,7 @@
 
 pub mod kube;
 pub mod local;
+pub mod mix;
 
 pub use local::{LocalPool, LocalSandbox};
 
@@ -52,6 +53,20 @@ pub struct Claimed<S> {
     /// `true` if a ready sandbox was available at once; `false` if the
     /// claim had to wait for one to start (a cold claim).
     pub warm: bool,
+    /// `true` if the sandbox was specialised for the job's language (its
+    /// interpreter pre-started and waiting) and ready at once.
+    pub specialised: bool,
+}
+
+impl<S> Claimed<S> {
+    /// How the claim was served: `specialised`, `generic` or `cold`.
+    pub fn kind(&self) -> &'static str {
+        match (self.warm, self.specialised) {
+            (false, _) => "cold",
+            (true, true) => "specialised",
+            (true, false) => "generic",
+        }
+    }
 }
 
 /// Point-in-time pool figures, for metrics and `/readyz`.
@@ -80,6 +95,22 @@ pub trait WarmPool: Send + Sync + 'static {
     /// # Errors
     /// [`Error::Closed`] on shutdown; backend errors otherwise.
     fn claim(&self, job_id: Uuid) -> impl Future<Output = Result<Claimed<Self::Sandbox>>> + Send;
+
+    /// Like [`claim`](WarmPool::claim) for a job of `language` (as the job
+    /// names it): a ready sandbox specialised for it if there is one, else
+    /// any ready sandbox; never waits for a specialised one. Backends
+    /// without specialised sandboxes just [`claim`](WarmPool::claim).
+    ///
+    /// # Errors
+    /// As [`claim`](WarmPool::claim).
+    fn claim_for(
+        &self,
+        job_id: Uuid,
+        language: &str,
+    ) -> impl Future<Output = Result<Claimed<Self::Sandbox>>> + Send {
+        let _ = language;
+        self.claim(job_id)
+    }
 
     /// Hands `job` to the runner in `sandbox` and returns its one result.
     /// Bounded by the job's limits plus a grace: a sandbox that does not

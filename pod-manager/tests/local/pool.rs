@@ -165,3 +165,105 @@ async fn shutdown_leaves_no_process_or_cgroup_behind() {
     let err = pool.claim(uuid::Uuid::new_v4()).await.unwrap_err();
     assert!(matches!(err, pool::Error::Closed), "{err}");
 }
+
+/// Claims, runs and destroys `n` jobs of `language`; checks each result.
+async fn run_jobs(pool: &LocalPool, language: &str, n: usize) -> Vec<&'static str> {
+    let mut kinds = Vec::new();
+    for i in 0..n {
+        let j = job(language, &format!("print({i})"));
+        let mut claimed = pool.claim_for(j.id, language).await.unwrap();
+        kinds.push(claimed.kind());
+        let r = pool.run(&mut claimed.sandbox, &j).await.unwrap();
+        assert_eq!(
+            (r.status, r.stdout.trim()),
+            (Status::Accepted, &*i.to_string()),
+            "{r:?}"
+        );
+        pool.destroy(claimed.sandbox).await;
+    }
+    kinds
+}
+
+#[tokio::test]
+async fn python_demand_gets_sandboxes_with_python_pre_started() {
+    crate::helpers::init_logs();
+    let cfg = test_config(
+        &unique_prefix(),
+        &[
+            ("WARMPOD_POOL_SIZE", "2"),
+            ("WARMPOD_PRESTART_LANGUAGES", "python"),
+        ],
+    );
+    let pool = LocalPool::start(cfg.local).await.unwrap();
+    assert_eq!(pool.ready_kinds(), [None], "no demand seen: generic");
+    run_jobs(&pool, "python", 12).await;
+    wait_until(
+        "a python sandbox and a generic one are ready",
+        Duration::from_secs(60),
+        || {
+            let mut kinds = pool.ready_kinds();
+            kinds.sort_unstable();
+            kinds == [None, Some("python")]
+        },
+    )
+    .await;
+    // A Python job takes the specialised sandbox; its program runs as
+    // `python3 -B main.py <args>` would.
+    let mut j = job("python", "import sys\nprint(sys.argv)");
+    j.args = vec!["a".into(), "b c".into()];
+    let mut claimed = pool.claim_for(j.id, "py").await.unwrap();
+    assert_eq!(claimed.kind(), "specialised");
+    assert_eq!(claimed.sandbox.prestarted(), Some("python"));
+    let r = pool.run(&mut claimed.sandbox, &j).await.unwrap();
+    assert_eq!(
+        (r.status, r.stdout.as_str()),
+        (Status::Accepted, "['main.py', 'a', 'b c']\n"),
+        "{r:?}"
+    );
+    pool.destroy(claimed.sandbox).await;
+    // Another language takes the generic one, at once.
+    let b = job("bash", "echo $((6 * 7))");
+    let mut claimed = pool.claim_for(b.id, "bash").await.unwrap();
+    assert_eq!(claimed.kind(), "generic");
+    assert_eq!(claimed.sandbox.prestarted(), None);
+    let r = pool.run(&mut claimed.sandbox, &b).await.unwrap();
+    assert_eq!(
+        (r.status, r.stdout.as_str()),
+        (Status::Accepted, "42\n"),
+        "{r:?}"
+    );
+    pool.destroy(claimed.sandbox).await;
+    pool.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_job_never_waits_for_its_kind_and_runs_in_another_languages_sandbox() {
+    crate::helpers::init_logs();
+    let cfg = test_config(
+        &unique_prefix(),
+        &[
+            ("WARMPOD_POOL_SIZE", "1"),
+            ("WARMPOD_PRESTART_LANGUAGES", "python"),
+        ],
+    );
+    let pool = LocalPool::start(cfg.local).await.unwrap();
+    run_jobs(&pool, "python", 20).await;
+    wait_until(
+        "the one ready sandbox has python pre-started",
+        Duration::from_secs(60),
+        || pool.ready_kinds() == [Some("python")],
+    )
+    .await;
+    let b = job("bash", "echo cold in a python sandbox");
+    let mut claimed = pool.claim_for(b.id, "bash").await.unwrap();
+    assert_eq!(claimed.kind(), "generic", "served at once, not specialised");
+    assert_eq!(claimed.sandbox.prestarted(), Some("python"));
+    let r = pool.run(&mut claimed.sandbox, &b).await.unwrap();
+    assert_eq!(
+        (r.status, r.stdout.as_str()),
+        (Status::Accepted, "cold in a python sandbox\n"),
+        "{r:?}"
+    );
+    pool.destroy(claimed.sandbox).await;
+    pool.shutdown().await;
+}
