@@ -4,9 +4,12 @@
 //! one shared confirm channel, and readiness. [`Supervisor`] owns the
 //! connection: it declares the topology (with exactly the arguments of
 //! `warmpod_protocol::queue`), consumes the events exchange into the state
-//! store through this replica's own exclusive queue, consumes the webhook
-//! queue competitively, and reconnects with backoff when the broker goes
-//! away. Readiness is true only while all of that runs.
+//! store through this replica's own durable events queue (named once per
+//! process, so it outlives a broker restart or a lost connection and the
+//! events published meanwhile wait in it; `x-expires` removes it once the
+//! replica is gone), consumes the webhook queue competitively, and
+//! reconnects with backoff when the broker goes away. Readiness is true
+//! only while all of that runs.
 
 use std::{
     sync::{
@@ -40,6 +43,12 @@ use crate::{
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Webhooks delivered at once by this replica.
 const CALLBACK_PREFETCH: u16 = 16;
+/// A replica's events queue is deleted by the broker after this long
+/// without a consumer (the replica died, or is away longer than any
+/// reconnection takes).
+const EVENTS_QUEUE_EXPIRES_MS: i64 = 5 * 60 * 1000;
+/// Most events kept for an absent replica (the oldest are dropped first).
+const EVENTS_QUEUE_MAX_LENGTH: i64 = 100_000;
 /// Longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -61,6 +70,8 @@ struct Shared {
     /// Connected, topology declared, both consumers running.
     ready: AtomicBool,
     topology: Topology,
+    /// This replica's events queue: `<events exchange>.replica.<uuid>`.
+    events_queue: String,
 }
 
 /// Handle for publishing and readiness; cheap to clone.
@@ -76,6 +87,11 @@ impl Broker {
             shared: Arc::new(Shared {
                 publisher: RwLock::new(None),
                 ready: AtomicBool::new(false),
+                events_queue: format!(
+                    "{}.replica.{}",
+                    topology.events_exchange,
+                    uuid::Uuid::new_v4()
+                ),
                 topology,
             }),
         }
@@ -245,7 +261,8 @@ impl Supervisor {
             publisher
                 .confirm_select(ConfirmSelectOptions::default())
                 .await?;
-            let events = consume_events(&connection, topology).await?;
+            let events =
+                consume_events(&connection, topology, &self.broker.shared.events_queue).await?;
             let callbacks = consume_callbacks(&connection, topology).await?;
             Ok::<_, lapin::Error>((publisher, events, callbacks))
         };
@@ -438,16 +455,29 @@ async fn declare_topology(ch: &Channel, t: &Topology) -> lapin::Result<()> {
     Ok(())
 }
 
-async fn consume_events(connection: &Connection, t: &Topology) -> lapin::Result<lapin::Consumer> {
+async fn consume_events(
+    connection: &Connection,
+    t: &Topology,
+    name: &str,
+) -> lapin::Result<lapin::Consumer> {
     let ch = connection.create_channel().await?;
+    // Durable and not exclusive, so it survives a broker restart and the
+    // events published before this replica is back (persistent, like
+    // every event) wait for it.
     let options = QueueDeclareOptions {
-        exclusive: true,
-        auto_delete: true,
+        durable: true,
         ..QueueDeclareOptions::default()
     };
-    let q = ch
-        .queue_declare("".into(), options, FieldTable::default())
-        .await?;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-expires".into(),
+        AMQPValue::LongLongInt(EVENTS_QUEUE_EXPIRES_MS),
+    );
+    args.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(EVENTS_QUEUE_MAX_LENGTH),
+    );
+    let q = ch.queue_declare(name.into(), options, args).await?;
     for key in [
         queue::ALL_EVENTS_BINDING,
         queue::RUNTIME_VERSIONS_ROUTING_KEY,
