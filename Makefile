@@ -52,7 +52,7 @@ bench-runner: ## runner size and start-up: a Python hello world job vs python3 d
 	if [ "$$(id -u)" = 0 ]; then standby-image/runner/bench/startup.py "$${CARGO_TARGET_DIR:-target}/release/warmpod-runner" $(RUNS) --as-uid 65432; fi
 
 # --- Whole-stack figures (docs/benchmarks.md); each starts its own stack ----
-.PHONY: bench load chaos release
+.PHONY: bench bench-cpu load chaos release
 BENCH_ARGS ?=
 N ?= 2000
 C ?= 32
@@ -61,6 +61,9 @@ release: ## release build of the api-server, pod-manager and runner (what bench,
 
 bench: rabbitmq release ## e2e latency (Python, JS, C) and throughput vs bare spawns, per-phase breakdown (BENCH_ARGS=--samples 200)
 	/usr/bin/python3 bench/bench.py $(BENCH_ARGS)
+
+bench-cpu: rabbitmq release ## CPU per job (pod-manager + sandboxes, api-server, RabbitMQ) vs a bare python3 spawn; root, cgroup v1 cpuacct
+	/usr/bin/python3 bench/cpu.py
 
 load: rabbitmq release ## N async jobs (default 2000) at concurrency C (32), each checked; nothing lost or wrong
 	/usr/bin/python3 bench/load.py -n $(N) -c $(C)
