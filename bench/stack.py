@@ -221,8 +221,12 @@ class Stack:
                 print(f"stopping {svc.name}: {e}", file=sys.stderr)
         self.services = []
         if broker_up():
-            for q in ("warmpod.jobs", "warmpod.jobs.dead", "warmpod.callbacks"):
-                subprocess.run(["rabbitmqctl", "-q", "delete_queue", self.prefix + q],
+            # The jobs, dead-letter and callbacks queues and each api-server's
+            # events queue (which would otherwise expire 5 minutes later).
+            listed = subprocess.run(["rabbitmqctl", "-q", "list_queues", "name"], capture_output=True,
+                                    text=True, timeout=60, check=False).stdout.split()
+            for q in [q for q in listed if q.startswith(self.prefix)]:
+                subprocess.run(["rabbitmqctl", "-q", "delete_queue", q],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                timeout=60, check=False)
         if self.logdir:
