@@ -19,7 +19,6 @@ Drills (all against a stack of our own, see bench/stack.py):
 """
 
 import argparse
-import os
 import signal
 import statistics
 import subprocess
@@ -243,5 +242,4 @@ def main():
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())

@@ -11,7 +11,6 @@ directory that is kept when something went wrong.
 
 import atexit
 import os
-import re
 import shutil
 import signal
 import socket
@@ -235,12 +234,3 @@ class Stack:
             else:
                 shutil.rmtree(self.logdir, ignore_errors=True)
             self.logdir = None
-
-    def log_matches(self, pattern):
-        """How many lines of the service logs match `pattern` (a regex)."""
-        rx = re.compile(pattern)
-        n = 0
-        for name in os.listdir(self.logdir or "."):
-            with open(os.path.join(self.logdir, name), errors="replace") as f:
-                n += sum(1 for line in f if rx.search(line))
-        return n
