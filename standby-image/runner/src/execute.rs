@@ -120,6 +120,8 @@ impl<L: Launcher> Runner<L> {
     /// # Errors
     /// When the uid's lock file cannot be written.
     pub fn finish(self) -> io::Result<()> {
+        // An interpreter no job used is killed and reaped first.
+        drop(self.prestarted.borrow_mut().take());
         if self.left_processes.get() {
             return Ok(());
         }

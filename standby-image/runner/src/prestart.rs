@@ -77,8 +77,10 @@ pub struct Prestarted {
     language: &'static Language,
     /// The memory limit (KiB) its command was expanded for.
     memory_kb: u64,
-    dir: WorkDir,
+    /// Dropped first (fields drop in order): the process dies before its
+    /// directory is removed.
     waiting: Waiting,
+    dir: WorkDir,
 }
 
 /// The waiting process and the runner's ends of its pipes. Dropped unused,
@@ -124,8 +126,8 @@ impl Prestarted {
         Ok(Self {
             language,
             memory_kb,
-            dir,
             waiting,
+            dir,
         })
     }
 

@@ -162,6 +162,25 @@ fn a_job_of_another_language_runs_cold_and_the_interpreter_is_gone() {
 }
 
 #[test]
+fn a_malformed_job_gets_an_internal_error_and_the_interpreter_is_gone() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let root_arg = root.path().to_str().expect("UTF-8").to_string();
+    let args = ["--prestart", "python", "--work-root", &root_arg];
+    let (status, stdout) = run_raw(
+        &args,
+        r#"{"id":"5f0c6d1e-6a53-4f43-9a1d-0c8b2a1e9f10","language":42}"#,
+    );
+    assert!(status.success());
+    let result: JobResult = serde_json::from_str(stdout.trim_end()).expect("a result line");
+    assert_status(&result, Status::InternalError);
+    let left: Vec<_> = fs::read_dir(root.path())
+        .expect("readable")
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
 fn a_job_with_another_memory_limit_still_runs() {
     // Python's pre-start command does not depend on the memory limit.
     let result = job("python", "print('ok')")
