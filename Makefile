@@ -27,8 +27,9 @@ run-pod-manager: ## start RabbitMQ and pod-manager alone (local backend, env def
 build: ## build every crate (debug)
 	$(CARGO) build --workspace --all-targets
 
-test: rabbitmq build validate-manifests ## run every test, inside an outer pids/memory cgroup
+test: rabbitmq build validate-manifests ## run every test, inside an outer pids/memory cgroup; the runner's suite again with pre-started interpreters
 	scripts/with-test-cgroup.sh $(CARGO) nextest run --workspace --profile ci --no-fail-fast
+	$(MAKE) test-runner-prestart
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
