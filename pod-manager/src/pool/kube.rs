@@ -356,7 +356,7 @@ impl WarmPool for KubePool {
     async fn run(&self, sandbox: &mut PodSandbox, job: &Job) -> Result<JobResult> {
         let started = Instant::now();
         let inner = &self.inner;
-        let deadline = exec::deadline(job, inner.cfg.exec_grace);
+        let deadline = super::answer_deadline(job, inner.cfg.exec_grace);
         sandbox.api_calls += 1;
         inner.metrics.api_call("exec");
         let outcome = exec::run_job(

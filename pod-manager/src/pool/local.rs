@@ -40,7 +40,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::Notify;
 use uuid::Uuid;
-use warmpod_protocol::{Job, JobResult, Language, ResolvedLimits};
+use warmpod_protocol::{Job, JobResult, Language};
 
 use super::mix::DemandMix;
 use super::{Claimed, Error, PoolStats, Result, WarmPool};
@@ -379,10 +379,10 @@ impl WarmPool for LocalPool {
     }
 
     async fn run(&self, sandbox: &mut LocalSandbox, job: &Job) -> Result<JobResult> {
-        let budget = run_budget(job, self.inner.cfg.job_grace);
+        let budget = super::answer_deadline(job, self.inner.cfg.job_grace);
         let mut line = serde_json::to_vec(job).map_err(|e| Error::Protocol(e.to_string()))?;
         line.push(b'\n');
-        let cap = answer_cap(job);
+        let cap = super::answer_cap(job);
         let exchange = async {
             let mut stdin = sandbox
                 .stdin
@@ -843,41 +843,6 @@ fn process_state(pid: u32) -> Option<char> {
     stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
-/// How long a sandbox may take to answer `job`: its wall limit, plus the
-/// compile wall limit for compiled languages, plus `grace`.
-pub fn run_budget(job: &Job, grace: Duration) -> Duration {
-    let run = job
-        .limits
-        .resolve(&ResolvedLimits::DEFAULT, &ResolvedLimits::MAXIMUM)
-        .map(|l| l.wall_time_ms)
-        .unwrap_or(ResolvedLimits::MAXIMUM.wall_time_ms);
-    let compiled = Language::find(&job.language).is_some_and(|l| l.compile.is_some());
-    let compile = if compiled {
-        job.compile_limits
-            .resolve(
-                &ResolvedLimits::COMPILE_DEFAULT,
-                &ResolvedLimits::COMPILE_MAXIMUM,
-            )
-            .map(|l| l.wall_time_ms)
-            .unwrap_or(ResolvedLimits::COMPILE_MAXIMUM.wall_time_ms)
-    } else {
-        0
-    };
-    Duration::from_millis(run + compile) + grace
-}
-
-/// The longest result line accepted for `job`: its output caps, JSON
-/// escaping at worst 6 bytes per byte, plus room for the other fields.
-fn answer_cap(job: &Job) -> u64 {
-    let out = job
-        .limits
-        .max_output_bytes
-        .unwrap_or(ResolvedLimits::DEFAULT.max_output_bytes)
-        .min(ResolvedLimits::MAXIMUM.max_output_bytes);
-    let compile = ResolvedLimits::COMPILE_MAXIMUM.max_output_bytes;
-    6 * (2 * out + compile) + 64 * 1024
-}
-
 /// The bwrap arguments of every sandbox, up to the command.
 fn bwrap_args(runtime: &RuntimeDir, tmp_mb: u64) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
@@ -1051,44 +1016,6 @@ impl std::fmt::Debug for LocalPool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use warmpod_protocol::{Limits, SourceFile};
-
-    fn job(language: &str, wall: Option<u64>) -> Job {
-        Job {
-            id: Uuid::nil(),
-            language: language.into(),
-            files: vec![SourceFile {
-                name: String::new(),
-                content: String::new(),
-            }],
-            stdin: String::new(),
-            args: vec![],
-            limits: Limits {
-                wall_time_ms: wall,
-                ..Limits::default()
-            },
-            compile_limits: Limits::default(),
-        }
-    }
-
-    #[test]
-    fn budget_adds_compile_time_only_for_compiled_languages() {
-        let grace = Duration::from_secs(1);
-        assert_eq!(
-            run_budget(&job("python", Some(2_000)), grace),
-            Duration::from_millis(3_000)
-        );
-        let c = ResolvedLimits::COMPILE_DEFAULT.wall_time_ms;
-        assert_eq!(
-            run_budget(&job("c", Some(2_000)), grace),
-            Duration::from_millis(3_000 + c)
-        );
-        // Limits the runner will refuse still get a bounded budget.
-        assert_eq!(
-            run_budget(&job("python", Some(u64::MAX)), grace),
-            Duration::from_millis(ResolvedLimits::MAXIMUM.wall_time_ms + 1_000)
-        );
-    }
 
     #[test]
     fn sandbox_has_no_network_and_a_read_only_root() {

@@ -13,9 +13,10 @@ pub use local::{LocalPool, LocalSandbox};
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::time::Duration;
 
 use uuid::Uuid;
-use warmpod_protocol::{Job, JobResult};
+use warmpod_protocol::{Job, JobResult, Language, ResolvedLimits};
 
 /// Errors of a pool backend. A pool error is an infrastructure failure: the
 /// consumer answers `internal_error` (or retries on a fresh sandbox), never
@@ -145,4 +146,113 @@ pub trait WarmPool: Send + Sync + 'static {
     /// claims fail with [`Error::Closed`]. Claimed sandboxes stay usable
     /// until their owner destroys them. Called once, on graceful shutdown.
     fn shutdown(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// How long a sandbox may take to answer `job`, whatever the backend: its
+/// run wall limit, plus its compile wall limit for compiled languages, plus
+/// `grace` (runner and runtime start, transport). Unset limits take the
+/// protocol defaults; values are capped at the protocol maxima, so even a
+/// job the runner will refuse gets a bounded wait.
+pub fn answer_deadline(job: &Job, grace: Duration) -> Duration {
+    let run = job
+        .limits
+        .wall_time_ms
+        .unwrap_or(ResolvedLimits::DEFAULT.wall_time_ms)
+        .min(ResolvedLimits::MAXIMUM.wall_time_ms);
+    let compiled = Language::find(&job.language).is_some_and(|l| l.compile.is_some());
+    let compile = if compiled {
+        job.compile_limits
+            .wall_time_ms
+            .unwrap_or(ResolvedLimits::COMPILE_DEFAULT.wall_time_ms)
+            .min(ResolvedLimits::COMPILE_MAXIMUM.wall_time_ms)
+    } else {
+        0
+    };
+    Duration::from_millis(run + compile) + grace
+}
+
+/// The longest result line a runner can legitimately print for `job`:
+/// stdout, stderr and compile output at their caps, each byte escaped as
+/// `\u00XX` (6 bytes) in the worst case, plus room for the other fields.
+/// A longer line is a protocol violation, not a result.
+pub fn answer_cap(job: &Job) -> u64 {
+    let out = job
+        .limits
+        .max_output_bytes
+        .unwrap_or(ResolvedLimits::DEFAULT.max_output_bytes)
+        .min(ResolvedLimits::MAXIMUM.max_output_bytes);
+    let compile = ResolvedLimits::COMPILE_MAXIMUM.max_output_bytes;
+    6 * (2 * out + compile) + 1024 * 1024
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warmpod_protocol::{Limits, SourceFile};
+
+    fn job(language: &str, wall: Option<u64>, compile_wall: Option<u64>) -> Job {
+        Job {
+            id: Uuid::nil(),
+            language: language.into(),
+            files: vec![SourceFile {
+                name: String::new(),
+                content: String::new(),
+            }],
+            stdin: String::new(),
+            args: vec![],
+            limits: Limits {
+                wall_time_ms: wall,
+                ..Limits::default()
+            },
+            compile_limits: Limits {
+                wall_time_ms: compile_wall,
+                ..Limits::default()
+            },
+        }
+    }
+
+    #[test]
+    fn deadline_adds_compile_time_for_compiled_languages_only() {
+        let grace = Duration::from_secs(10);
+        let cases = [
+            (
+                job("python", Some(2_000), Some(5_000)),
+                12_000,
+                "interpreted: run + grace",
+            ),
+            (
+                job("c", Some(2_000), Some(5_000)),
+                17_000,
+                "compiled: run + compile + grace",
+            ),
+            (
+                job("c", None, None),
+                40_000,
+                "defaults: 10 s run + 20 s compile + grace",
+            ),
+            (
+                job("python", Some(u64::MAX), None),
+                70_000,
+                "capped at the maximum",
+            ),
+        ];
+        for (job, ms, why) in cases {
+            assert_eq!(
+                answer_deadline(&job, grace),
+                Duration::from_millis(ms),
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn answer_cap_covers_fully_escaped_output_at_the_caps() {
+        let mut j = job("python", None, None);
+        j.limits.max_output_bytes = Some(1_000);
+        let compile = ResolvedLimits::COMPILE_MAXIMUM.max_output_bytes;
+        assert!(answer_cap(&j) >= 6 * (2 * 1_000 + compile));
+        j.limits.max_output_bytes = Some(u64::MAX);
+        let max = ResolvedLimits::MAXIMUM.max_output_bytes;
+        assert_eq!(answer_cap(&j), 6 * (2 * max + compile) + 1024 * 1024);
+    }
 }

@@ -22,10 +22,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use kube::api::{Api, AttachParams};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tracing::debug;
-use warmpod_protocol::{Job, JobResult, Language, ResolvedLimits};
+use warmpod_protocol::{Job, JobResult};
 
 use super::kube_error;
-use crate::pool::Error;
+use crate::pool::{Error, answer_cap};
 
 /// Deadline of a `warmpod-runner --versions` exec.
 pub const VERSIONS_DEADLINE: Duration = Duration::from_secs(30);
@@ -88,41 +88,6 @@ impl ExecError {
     }
 }
 
-/// The bound of one job's exec: its run wall limit, plus its compile wall
-/// limit for compiled languages, plus `grace` (runner start, runtime start,
-/// API latency). Unset limits take the protocol defaults; values are capped
-/// at the protocol maxima.
-pub fn deadline(job: &Job, grace: Duration) -> Duration {
-    let run = job
-        .limits
-        .wall_time_ms
-        .unwrap_or(ResolvedLimits::DEFAULT.wall_time_ms)
-        .min(ResolvedLimits::MAXIMUM.wall_time_ms);
-    let compiled = Language::find(&job.language).is_some_and(|l| l.compile.is_some());
-    let compile = if compiled {
-        job.compile_limits
-            .wall_time_ms
-            .unwrap_or(ResolvedLimits::COMPILE_DEFAULT.wall_time_ms)
-            .min(ResolvedLimits::COMPILE_MAXIMUM.wall_time_ms)
-    } else {
-        0
-    };
-    Duration::from_millis(run + compile) + grace
-}
-
-/// The longest result line a runner can legitimately print for `job`:
-/// stdout, stderr and compile output at their caps, each byte escaped as
-/// `\u00XX` in the worst case, plus room for the other fields.
-fn result_cap(job: &Job) -> u64 {
-    let out = job
-        .limits
-        .max_output_bytes
-        .unwrap_or(ResolvedLimits::DEFAULT.max_output_bytes)
-        .min(ResolvedLimits::MAXIMUM.max_output_bytes);
-    let compile = ResolvedLimits::COMPILE_MAXIMUM.max_output_bytes;
-    6 * (2 * out + compile) + 1024 * 1024
-}
-
 /// Runs `job` with `command` in `pod` and returns its result.
 ///
 /// # Errors
@@ -144,7 +109,7 @@ pub async fn run_job(
         container,
         command,
         &line,
-        Read::Line(result_cap(job)),
+        Read::Line(answer_cap(job)),
         deadline,
     )
     .await?;
@@ -393,58 +358,6 @@ impl Drop for AbortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use warmpod_protocol::{Limits, SourceFile};
-
-    fn job(language: &str, wall: Option<u64>, compile_wall: Option<u64>) -> Job {
-        Job {
-            id: uuid::Uuid::nil(),
-            language: language.into(),
-            files: vec![SourceFile {
-                name: String::new(),
-                content: String::new(),
-            }],
-            stdin: String::new(),
-            args: vec![],
-            limits: Limits {
-                wall_time_ms: wall,
-                ..Limits::default()
-            },
-            compile_limits: Limits {
-                wall_time_ms: compile_wall,
-                ..Limits::default()
-            },
-        }
-    }
-
-    #[test]
-    fn deadline_adds_compile_time_for_compiled_languages_only() {
-        let grace = Duration::from_secs(10);
-        let cases = [
-            (
-                job("python", Some(2_000), Some(5_000)),
-                12_000,
-                "interpreted: run + grace",
-            ),
-            (
-                job("c", Some(2_000), Some(5_000)),
-                17_000,
-                "compiled: run + compile + grace",
-            ),
-            (
-                job("c", None, None),
-                40_000,
-                "defaults: 10 s run + 20 s compile + grace",
-            ),
-            (
-                job("python", Some(u64::MAX), None),
-                70_000,
-                "capped at the maximum",
-            ),
-        ];
-        for (job, ms, why) in cases {
-            assert_eq!(deadline(&job, grace), Duration::from_millis(ms), "{why}");
-        }
-    }
 
     #[tokio::test]
     async fn a_line_before_a_clean_end_is_the_output() {
