@@ -4,6 +4,8 @@
 //! Needs `target/<profile>/warmpod-runner`: `cargo build -p warmpod-runner`
 //! (`make test` builds the whole workspace first).
 
+#[path = "../common/broker.rs"]
+mod broker;
 mod fake_api;
 mod helpers;
 

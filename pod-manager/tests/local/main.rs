@@ -1,6 +1,8 @@
 //! Black-box tests of pod-manager on the local (bubblewrap) backend,
 //! against a real RabbitMQ at `AMQP_URL`. Each test uses its own queue and
 //! exchange names.
+#[path = "../common/broker.rs"]
+mod broker;
 mod cgroup;
 mod consumer;
 mod helpers;

@@ -1,0 +1,290 @@
+//! The tests' own RabbitMQ client, shared by the `local` and `kube` test
+//! binaries: unique queue names, publishing jobs as the api-server does,
+//! collecting every event, reading the dead-letter queue, cleaning up.
+// Each test binary uses a subset of these helpers.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use pod_manager::config::QueueNames;
+use pod_manager::consumer::now_ms;
+use tokio::sync::watch;
+use uuid::Uuid;
+use warmpod_protocol::{Job, JobEvent, JobMessage, JobMeta, Status};
+
+/// The broker the tests use.
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
+}
+
+/// A unique queue-name prefix.
+pub fn unique_prefix() -> String {
+    format!("test-{}.", Uuid::new_v4().simple())
+}
+
+/// The test's own broker client.
+pub struct TestBroker {
+    pub names: QueueNames,
+    connection: Connection,
+    channel: Channel,
+    events_rx: watch::Receiver<Vec<JobEvent>>,
+    versions_rx: watch::Receiver<Vec<serde_json::Value>>,
+}
+
+impl TestBroker {
+    /// Connects, declares the topology with `prefix` and starts collecting
+    /// every event.
+    pub async fn new(prefix: &str) -> Self {
+        let names = QueueNames::with_prefix(prefix);
+        let connection =
+            match Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
+                Ok(c) => c,
+                Err(_) => {
+                    ensure_rabbitmq();
+                    Connection::connect(&amqp_url(), ConnectionProperties::default())
+                        .await
+                        .expect("RabbitMQ does not answer even after scripts/ensure-rabbitmq.sh")
+                }
+            };
+        let channel = connection.create_channel().await.unwrap();
+        pod_manager::queue::declare_topology(
+            &channel,
+            &names,
+            warmpod_protocol::queue::JOBS_QUEUE_MAX_LENGTH,
+        )
+        .await
+        .unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let events_channel = connection.create_channel().await.unwrap();
+        let q = events_channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        events_channel
+            .queue_bind(
+                q.name().clone(),
+                names.events.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let mut consumer = events_channel
+            .basic_consume(
+                q.name().clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let (events_tx, events_rx) = watch::channel(Vec::new());
+        let (versions_tx, versions_rx) = watch::channel(Vec::new());
+        tokio::spawn(async move {
+            let _keep = events_channel;
+            while let Some(Ok(d)) = consumer.next().await {
+                if d.routing_key.as_str() == warmpod_protocol::queue::RUNTIME_VERSIONS_ROUTING_KEY {
+                    let v: serde_json::Value = serde_json::from_slice(&d.data).unwrap();
+                    versions_tx.send_modify(|all| all.push(v));
+                } else {
+                    let e: JobEvent =
+                        serde_json::from_slice(&d.data).expect("events are JobEvents");
+                    assert_eq!(d.routing_key.as_str(), e.routing_key());
+                    events_tx.send_modify(|all| all.push(e));
+                }
+            }
+        });
+        Self {
+            names,
+            connection,
+            channel,
+            events_rx,
+            versions_rx,
+        }
+    }
+
+    /// Publishes `job` as a JobMessage (persistent, confirmed).
+    pub async fn publish(&self, job: &Job) {
+        self.publish_with(job, FieldTable::default()).await
+    }
+
+    /// Publishes `job` with message headers.
+    pub async fn publish_with(&self, job: &Job, headers: FieldTable) {
+        let msg = JobMessage {
+            job: job.clone(),
+            submitted_at_ms: now_ms(),
+            meta: JobMeta {
+                tag: Some(format!("tag-{}", job.id)),
+                ..JobMeta::default()
+            },
+        };
+        self.publish_raw(&serde_json::to_vec(&msg).unwrap(), headers)
+            .await;
+    }
+
+    /// Publishes raw bytes to the jobs queue.
+    pub async fn publish_raw(&self, body: &[u8], headers: FieldTable) {
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                self.names.jobs.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_headers(headers),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack(), "the broker refused the job");
+    }
+
+    /// Every event seen so far.
+    pub fn events(&self) -> Vec<JobEvent> {
+        self.events_rx.borrow().clone()
+    }
+
+    /// Final events of `id` seen so far.
+    pub fn finals(&self, id: Uuid) -> Vec<JobEvent> {
+        self.events()
+            .into_iter()
+            .filter(|e| e.id == id && e.status.is_final())
+            .collect()
+    }
+
+    /// Waits for the first event of `id` with `status` (any final status
+    /// when `None`).
+    pub async fn wait_event(&self, id: Uuid, status: Option<Status>, within: Duration) -> JobEvent {
+        let mut rx = self.events_rx.clone();
+        tokio::time::timeout(
+            within,
+            rx.wait_for(|all| {
+                all.iter()
+                    .any(|e| e.id == id && status.map_or(e.status.is_final(), |s| e.status == s))
+            }),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("no {status:?} event for {id} within {within:?}"))
+        .unwrap()
+        .iter()
+        .find(|e| e.id == id && status.map_or(e.status.is_final(), |s| e.status == s))
+        .cloned()
+        .unwrap()
+    }
+
+    /// Waits for the first runtime versions announcement.
+    pub async fn wait_versions(&self, within: Duration) -> serde_json::Value {
+        let mut rx = self.versions_rx.clone();
+        tokio::time::timeout(within, rx.wait_for(|v| !v.is_empty()))
+            .await
+            .expect("no runtime versions announced")
+            .unwrap()[0]
+            .clone()
+    }
+
+    /// Takes one message from the dead-letter queue, waiting for it.
+    pub async fn wait_dead_letter(&self, within: Duration) -> (Vec<u8>, FieldTable) {
+        let deadline = Instant::now() + within;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let got = self
+                .channel
+                .basic_get(
+                    self.names.dead_letter_queue.as_str().into(),
+                    BasicGetOptions { no_ack: true },
+                )
+                .await
+                .unwrap();
+            if let Some(m) = got {
+                let headers = m.delivery.properties.headers().clone().unwrap_or_default();
+                return (m.delivery.data.clone(), headers);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nothing dead-lettered within {within:?}"
+            );
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// Messages waiting in the jobs queue.
+    pub async fn jobs_waiting(&self) -> u32 {
+        let ch = self.connection.create_channel().await.unwrap();
+        let q = ch
+            .queue_declare(
+                self.names.jobs.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let _ = ch.close(200, "".into()).await;
+        q.message_count()
+    }
+
+    /// Deletes the test's queues and exchanges.
+    pub async fn cleanup(self) {
+        let ch = self.connection.create_channel().await.unwrap();
+        for q in [&self.names.jobs, &self.names.dead_letter_queue] {
+            let _ = ch
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for x in [&self.names.events, &self.names.dead_letter_exchange] {
+            let _ = ch
+                .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+        let _ = self.connection.close(200, "".into()).await;
+    }
+}
+
+/// Starts RabbitMQ through the project's script (idempotent).
+fn ensure_rabbitmq() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/ensure-rabbitmq.sh");
+    let status = std::process::Command::new(script)
+        .env("AMQP_URL", amqp_url())
+        .status()
+        .expect("running scripts/ensure-rabbitmq.sh");
+    assert!(status.success(), "scripts/ensure-rabbitmq.sh failed");
+}
+
+/// A header table with the quorum queue's delivery count preset.
+pub fn delivery_count_header(n: i64) -> FieldTable {
+    let mut h = FieldTable::default();
+    h.insert(
+        warmpod_protocol::queue::DELIVERY_COUNT_HEADER.into(),
+        AMQPValue::LongLongInt(n),
+    );
+    h
+}
