@@ -136,8 +136,12 @@ pub struct LocalPool {
 
 struct Inner {
     cfg: LocalConfig,
-    /// The runner copy and the synthesized `/etc` files.
-    runtime: RuntimeDir,
+    /// The runner copy and the synthesized `/etc` files; held for its
+    /// `Drop`, which removes them (sandboxes see them through `bwrap_args`).
+    _runtime: RuntimeDir,
+    /// bwrap's arguments, the same for every sandbox: built once at start
+    /// (they read `/etc` and the top-level directories of `/`).
+    bwrap_args: Vec<String>,
     cgroups: Option<Arc<CgroupManager>>,
     /// Whether sandboxes get their own uid (we are root).
     per_sandbox_uid: bool,
@@ -241,10 +245,12 @@ impl LocalPool {
         // The spare slot (the last) is for one-off sandboxes.
         let free_slots = (0..slots - 1).rev().collect();
         let mix = DemandMix::new(&cfg.prestart_languages);
+        let bwrap_args = bwrap_args(&runtime, cfg.tmp_mb);
         let pool = Self {
             inner: Arc::new(Inner {
                 cfg,
-                runtime,
+                _runtime: runtime,
+                bwrap_args,
                 cgroups,
                 per_sandbox_uid,
                 ready: Mutex::new(VecDeque::new()),
@@ -588,7 +594,7 @@ impl Inner {
             Identity { uid: id, gid: id }
         });
         let mut cmd = Command::new(&self.cfg.bwrap_path);
-        cmd.args(bwrap_args(&self.runtime, self.cfg.tmp_mb))
+        cmd.args(&self.bwrap_args)
             .arg(RUNNER_IN_SANDBOX)
             .args(args)
             .env_clear()
