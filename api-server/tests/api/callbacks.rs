@@ -9,7 +9,8 @@ use sha2::Sha256;
 
 use crate::helpers::{DEADLINE, Options, Receiver, TestApp, job, spawn_app_with};
 
-async fn delivered(app: &TestApp, replica: usize) -> u64 {
+/// The `warmpod_api_callbacks_total{outcome}` counter of one replica.
+async fn callbacks(app: &TestApp, replica: usize, outcome: &str) -> u64 {
     let text = app
         .client
         .get(app.url_at(replica, "/metrics"))
@@ -19,8 +20,9 @@ async fn delivered(app: &TestApp, replica: usize) -> u64 {
         .text()
         .await
         .unwrap();
+    let series = format!("warmpod_api_callbacks_total{{outcome=\"{outcome}\"}}");
     text.lines()
-        .find(|l| l.starts_with("warmpod_api_callbacks_total{outcome=\"delivered\"}"))
+        .find(|l| l.starts_with(&series))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
@@ -85,11 +87,14 @@ async fn each_callback_is_delivered_once_by_one_of_two_replicas() {
     // Both replicas together counted exactly four deliveries, and no
     // further request reached the receiver.
     let deadline = Instant::now() + DEADLINE;
-    while delivered(&app, 0).await + delivered(&app, 1).await < 4 {
+    while callbacks(&app, 0, "delivered").await + callbacks(&app, 1, "delivered").await < 4 {
         assert!(Instant::now() < deadline, "deliveries never counted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(delivered(&app, 0).await + delivered(&app, 1).await, 4);
+    assert_eq!(
+        callbacks(&app, 0, "delivered").await + callbacks(&app, 1, "delivered").await,
+        4
+    );
     assert!(receiver.drain().is_empty(), "no duplicate callbacks");
 }
 
@@ -157,23 +162,6 @@ async fn any_replica_serves_state_and_failed_callbacks_are_retried() {
     );
 }
 
-async fn refused(app: &TestApp) -> u64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with("warmpod_api_callbacks_total{outcome=\"refused\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn names_resolving_to_private_addresses_are_refused_at_delivery() {
     let app = crate::helpers::spawn_app().await;
@@ -189,7 +177,7 @@ async fn names_resolving_to_private_addresses_are_refused_at_delivery() {
     assert_eq!(done["status"], "accepted");
 
     let deadline = Instant::now() + DEADLINE;
-    while refused(&app).await < 1 {
+    while callbacks(&app, 0, "refused").await < 1 {
         assert!(Instant::now() < deadline, "the callback was never refused");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
