@@ -88,18 +88,26 @@ def probe(client, stop, out):
         out.append(time.perf_counter() - t0)
 
 
-def drill_pod_manager(args):
-    stack = Stack(pool_size=args.pool_size)
+def load_with_fault(args, stack, fault):
+    """Runs the load against every api-server of `stack`, firing `fault`
+    (in its own thread) a third of the way in, and waits for the fault to
+    finish; marks the stack failed (its logs are kept) if anything raises."""
     try:
-        client = Client([stack.apis[0].port])
-        prog = at_fraction(args.n, 1 / 3, lambda: stack.restart_pod_manager(signal.SIGKILL))
+        client = Client([a.port for a in stack.apis])
+        prog = at_fraction(args.n, 1 / 3, fault)
         stats = load(client, args.n, args.c, progress=prog)
         for t in prog.threads:
             t.join()
-        return stats, ""
+        return stats
     except BaseException:
         stack.failed = True
         raise
+
+
+def drill_pod_manager(args):
+    stack = Stack(pool_size=args.pool_size)
+    try:
+        return load_with_fault(args, stack, lambda: stack.restart_pod_manager(signal.SIGKILL)), ""
     finally:
         stack.close()
 
@@ -123,15 +131,8 @@ def drill_rabbitmq(args):
             wait_until("RabbitMQ back", broker_up, timeout=120)
             note.append(f"back after {time.monotonic() - t0:.1f} s")
     try:
-        client = Client([stack.apis[0].port])
-        prog = at_fraction(args.n, 1 / 3, bounce)
-        stats = load(client, args.n, args.c, progress=prog)
-        for t in prog.threads:
-            t.join()
+        stats = load_with_fault(args, stack, bounce)
         return stats, "; ".join(note)
-    except BaseException:
-        stack.failed = True
-        raise
     finally:
         if not broker_up():
             subprocess.run(["rabbitmqctl", "-q", "start_app"], check=False, timeout=120)
@@ -141,15 +142,8 @@ def drill_rabbitmq(args):
 def drill_api_server(args):
     stack = Stack(pool_size=args.pool_size, apis=2)
     try:
-        client = Client([a.port for a in stack.apis])
-        prog = at_fraction(args.n, 1 / 3, lambda: stack.apis[0].kill(signal.SIGKILL))
-        stats = load(client, args.n, args.c, progress=prog)
-        for t in prog.threads:
-            t.join()
+        stats = load_with_fault(args, stack, lambda: stack.apis[0].kill(signal.SIGKILL))
         return stats, "api-server 0 SIGKILLed; clients retried on api-server 1"
-    except BaseException:
-        stack.failed = True
-        raise
     finally:
         stack.close()
 
