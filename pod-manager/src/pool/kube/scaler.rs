@@ -1,8 +1,11 @@
-//! Pool sizing: the standby Deployment's replicas follow demand.
+//! Pool sizing: each standby Deployment's replicas follow demand.
 //!
 //! Demand is the jobs waiting in the queue plus the jobs running now: every
 //! queued job will claim a pod, and the running ones predict the next wave.
-//! The decision is two pure functions, apart from the client:
+//! With language pools, that total is split between the Deployments by the
+//! recent job mix and each has its own scaler (see
+//! [`KubePool::scalers`](super::KubePool::scalers)). The decision is two
+//! pure functions, apart from the client:
 //! [`desired_replicas`] (clamp to `[min, max]`, scale up at once, scale
 //! down only beyond a hysteresis band) and [`damped`] (a scale-down must be
 //! wanted for `scale_down_delay` before it happens, so a short lull does not
@@ -99,30 +102,36 @@ pub fn damped(
     }
 }
 
-/// Keeps the standby Deployment sized to demand.
+/// A Deployment's demand given the queue depth: the replicas it should
+/// have before bounds, hysteresis and damping (see
+/// [`KubePool::scalers`](super::KubePool::scalers)).
+pub type Demand = Arc<dyn Fn(u64) -> u64 + Send + Sync>;
+
+/// Keeps one standby Deployment sized to demand.
 pub struct Scaler {
     deployments: Api<Deployment>,
     name: String,
     policy: ScalePolicy,
-    in_flight: Arc<dyn Fn() -> u64 + Send + Sync>,
+    demand: Demand,
     metrics: KubeMetrics,
     down_since: Mutex<Option<Instant>>,
 }
 
 impl Scaler {
-    /// A scaler of deployment `name`; `in_flight` counts running jobs.
+    /// A scaler of deployment `name` whose demand `demand` computes from
+    /// the queue depth.
     pub fn new(
         deployments: Api<Deployment>,
         name: String,
         policy: ScalePolicy,
-        in_flight: Arc<dyn Fn() -> u64 + Send + Sync>,
+        demand: Demand,
         metrics: KubeMetrics,
     ) -> Self {
         Self {
             deployments,
             name,
             policy,
-            in_flight,
+            demand,
             metrics,
             down_since: Mutex::new(None),
         }
@@ -143,8 +152,8 @@ impl Scaler {
         let current = scale.spec.and_then(|s| s.replicas).unwrap_or(0);
         let p = self.policy;
         let want = desired_replicas(
-            queue_depth,
-            (self.in_flight)(),
+            (self.demand)(queue_depth),
+            0,
             current,
             p.min,
             p.max,
@@ -161,7 +170,7 @@ impl Scaler {
             *down_since = since;
             target
         };
-        self.metrics.desired_replicas(target);
+        self.metrics.desired_replicas(&self.name, target);
         if target == current {
             return Ok(current);
         }
@@ -174,7 +183,7 @@ impl Scaler {
             )
             .await
             .map_err(|e| kube_error(format!("scaling {} to {target}", self.name), e))?;
-        info!(deployment = %self.name, from = current, to = target, queue_depth, "scaled the standby pool");
+        info!(deployment = %self.name, from = current, to = target, queue_depth, "scaled a standby pool");
         Ok(target)
     }
 

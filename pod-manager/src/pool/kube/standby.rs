@@ -1,8 +1,10 @@
 //! The in-memory set of standby pods, kept by a kube-runtime reflector.
 //!
-//! One watch (label selector `app.kubernetes.io/name=warmpod-standby,
-//! warmpod.io/pool=<pool>,warmpod.io/state=standby`) feeds a reflector
-//! store, so a claim picks a pod from memory and never lists. A pod that is
+//! One watch per pool kind (label selector `app.kubernetes.io/name=warmpod-standby,
+//! warmpod.io/pool=<pool>,warmpod.io/state=standby`, plus the
+//! `warmpod.io/language` requirement of the generic or a language's pods)
+//! feeds a reflector store, so a claim picks a pod from memory and never
+//! lists. A pod that is
 //! claimed (by anyone) stops matching the selector and leaves the store when
 //! its watch event arrives; until then the claim's `test` op protects it.
 
@@ -44,14 +46,12 @@ pub struct StandbySet {
 }
 
 impl StandbySet {
-    /// Starts the watch of `pool`'s standby pods; it stops when `shutdown`
-    /// fires. Watch errors are retried with kube-runtime's default backoff.
-    pub fn start(pods: Api<Pod>, pool: &str, shutdown: CancellationToken) -> Self {
-        let (store, changes) = reflect(
-            pods,
-            &labels::state_selector(pool, labels::STANDBY),
-            shutdown,
-        );
+    /// Starts the watch of the standby pods `selector` picks (see
+    /// [`labels::generic_selector`], [`labels::language_selector`]); it
+    /// stops when `shutdown` fires. Watch errors are retried with
+    /// kube-runtime's default backoff.
+    pub fn start(pods: Api<Pod>, selector: &str, shutdown: CancellationToken) -> Self {
+        let (store, changes) = reflect(pods, selector, shutdown);
         Self {
             store,
             changes,
