@@ -228,8 +228,14 @@ mod serving {
             Err(e) => return print_line(&serde_json::to_string(&answer_no_runner(e))),
         };
         match warmpod_runner::serve::relay(socket, &line) {
-            // Passed on as it came: the pod-manager checks it.
-            Relayed::Answer(result) => print_line(&Ok(String::from_utf8_lossy(&result).into())),
+            // Passed on as it came: the pod-manager checks it. The
+            // connection closes once it is printed (the serving runner,
+            // a pod's main process, waits for that before it exits).
+            Relayed::Answer(result, connection) => {
+                let printed = print_line(&Ok(String::from_utf8_lossy(&result).into()));
+                drop(connection);
+                printed
+            }
             why => {
                 eprintln!(
                     "warmpod-runner: no serving runner answered ({why:?}); running the job cold"

@@ -18,6 +18,10 @@
 //!   or the server vanished before answering) from an answer, so the relay
 //!   can run the job itself, cold: a job is never lost to a dead main
 //!   process.
+//! - The serving runner exits only once the relay has closed the
+//!   connection (or after [`LINGER`]): in a pod it is the main process,
+//!   and its exit ends the container, killing a relay that has not yet
+//!   printed the result.
 //! - [`is_serving`] is the readiness probe: it never connects (that would
 //!   use up the one connection).
 
@@ -27,6 +31,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::stat::{Mode, umask};
@@ -39,6 +44,10 @@ use crate::signals::StopSignals;
 /// result, and the relay answers with what it got for the pod-manager to
 /// reject.
 pub const MAX_RESULT_BYTES: u64 = 256 * 1024 * 1024;
+
+/// How long a serving runner waits, after its answer, for the relay to
+/// close the connection.
+pub const LINGER: Duration = Duration::from_secs(10);
 
 /// A listening socket that will take exactly one connection.
 #[derive(Debug)]
@@ -136,23 +145,31 @@ impl Connection {
         job::read_line(&mut self.reader)
     }
 
-    /// Writes the result line and closes the connection.
+    /// Writes the result line, then waits (at most [`LINGER`]) until the
+    /// relay has closed its end, i.e. has printed the result.
     ///
     /// # Errors
-    /// When the relay is gone.
+    /// When the relay is gone before the result is written.
     pub fn answer(self, result_line: &str) -> io::Result<()> {
         let mut stream = self.reader.into_inner();
         stream.write_all(result_line.as_bytes())?;
         stream.write_all(b"\n")?;
-        stream.flush()
+        stream.flush()?;
+        stream.shutdown(std::net::Shutdown::Write)?;
+        stream.set_read_timeout(Some(LINGER))?;
+        // EOF, a timeout or an error: either way, done.
+        let _ = io::copy(&mut stream, &mut io::sink());
+        Ok(())
     }
 }
 
 /// What relaying a job line to a serving runner gave.
 #[derive(Debug)]
 pub enum Relayed {
-    /// The serving runner's result line (without its newline).
-    Answer(Vec<u8>),
+    /// The serving runner's result line (without its newline), and the
+    /// connection: drop it once the line is delivered (the serving runner
+    /// waits for that before it exits).
+    Answer(Vec<u8>, UnixStream),
     /// Nothing serves at the socket (missing, refused): the job was not
     /// handed over.
     NotServed(io::Error),
@@ -178,14 +195,13 @@ pub fn relay(path: &Path, line: &[u8]) -> Relayed {
         return Relayed::NotServed(e);
     }
     let mut answer = Vec::new();
-    let read =
-        BufReader::new(io::Read::take(stream, MAX_RESULT_BYTES)).read_until(b'\n', &mut answer);
-    match read {
+    let mut reader = BufReader::new(io::Read::take(&stream, MAX_RESULT_BYTES));
+    match reader.read_until(b'\n', &mut answer) {
         Ok(_) if answer.last() == Some(&b'\n') => {
             answer.pop();
-            Relayed::Answer(answer)
+            Relayed::Answer(answer, stream)
         }
-        Ok(_) if answer.len() as u64 >= MAX_RESULT_BYTES => Relayed::Answer(answer),
+        Ok(_) if answer.len() as u64 >= MAX_RESULT_BYTES => Relayed::Answer(answer, stream),
         _ => Relayed::Vanished,
     }
 }
@@ -212,7 +228,15 @@ mod tests {
         assert!(is_serving(&path));
         let client = {
             let path = path.clone();
-            thread::spawn(move || relay(&path, b"{\"job\":1}"))
+            // The connection is dropped in the thread: `answer` waits
+            // for that.
+            thread::spawn(move || match relay(&path, b"{\"job\":1}") {
+                Relayed::Answer(a, conn) => {
+                    drop(conn);
+                    Relayed::Answer(a, UnixStream::pair().unwrap().0)
+                }
+                other => other,
+            })
         };
         let mut conn = socket.accept_one().unwrap().expect("a connection");
         assert!(!is_serving(&path), "removed once the connection is in");
@@ -220,7 +244,7 @@ mod tests {
         assert_eq!(conn.read_job().unwrap(), b"{\"job\":1}");
         conn.answer("{\"result\":2}").unwrap();
         match client.join().unwrap() {
-            Relayed::Answer(a) => assert_eq!(a, b"{\"result\":2}"),
+            Relayed::Answer(a, _) => assert_eq!(a, b"{\"result\":2}"),
             other => panic!("{other:?}"),
         }
     }
@@ -238,6 +262,25 @@ mod tests {
         fs::write(&path, "not a socket").unwrap();
         assert!(ServeSocket::bind(&path).is_err());
         assert!(!is_serving(&path));
+    }
+
+    #[test]
+    fn the_server_answers_then_waits_for_the_relay_to_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let socket = ServeSocket::bind(&path).unwrap();
+        let server = thread::spawn(move || {
+            let mut conn = socket.accept_one().unwrap().expect("a connection");
+            conn.read_job().unwrap();
+            conn.answer("result").unwrap();
+        });
+        let Relayed::Answer(answer, conn) = relay(&path, b"job") else {
+            panic!("no answer");
+        };
+        assert_eq!(answer, b"result");
+        assert!(!server.is_finished(), "still waiting for the relay");
+        drop(conn);
+        server.join().unwrap();
     }
 
     #[test]
