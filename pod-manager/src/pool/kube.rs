@@ -572,8 +572,9 @@ impl WarmPool for KubePool {
 
     fn stats(&self) -> PoolStats {
         let inner = &self.inner;
-        let counts = std::iter::once(&inner.standby)
-            .chain(inner.languages.iter().map(|(_, set)| set))
+        let counts = inner
+            .all_sets()
+            .into_iter()
             .map(standby::StandbySet::counts)
             .fold(standby::Counts::default(), |a, c| standby::Counts {
                 ready: a.ready + c.ready,
@@ -589,18 +590,16 @@ impl WarmPool for KubePool {
     }
 
     async fn runtime_versions(&self) -> Result<BTreeMap<String, String>> {
-        // `--versions` runs beside the idle main process of a ready standby
-        // pod and leaves nothing behind, so the pod stays in the pool. The
+        // `--versions` runs beside the main process of a ready standby pod
+        // of any pool (idle, or a serving runner, whose socket it does not
+        // touch) and leaves nothing behind, so the pod stays in the pool. The
         // pod may be claimed and deleted meanwhile: then ask another one.
         let mut command = self.inner.cfg.runner_command.clone();
         command.push("--versions".into());
         let mut last = None;
         for _ in 0..VERSIONS_TRIES {
-            let pod = self
-                .inner
-                .standby
-                .wait_any_ready(&self.inner.shutdown)
-                .await?;
+            let sets = self.inner.all_sets();
+            let pod = standby::wait_any_ready(&sets, &self.inner.shutdown).await?;
             self.inner.metrics.api_call("exec");
             let out = exec::run_command(
                 &self.inner.pods,
@@ -637,6 +636,13 @@ impl WarmPool for KubePool {
 }
 
 impl Inner {
+    /// Every standby set: the generic pool's, then each language pool's.
+    fn all_sets(&self) -> Vec<&standby::StandbySet> {
+        std::iter::once(&self.standby)
+            .chain(self.languages.iter().map(|(_, set)| set))
+            .collect()
+    }
+
     /// The standby sets a claim for a job of language `key` tries, in
     /// order, each with the language its pods pre-started: the language's
     /// own pool, the generic pool, then the other language pools (whose

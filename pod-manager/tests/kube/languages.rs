@@ -168,3 +168,22 @@ async fn each_pools_scaler_follows_the_job_mix() {
     assert_eq!(scalers[1].reconcile(4).await.unwrap(), 0);
     assert_eq!(scalers[0].reconcile(4).await.unwrap(), 4);
 }
+
+#[tokio::test]
+async fn runtime_versions_come_from_a_language_pools_pod_when_no_generic_pod_is_ready() {
+    let (fake, pool) = cluster(1, 0).await;
+    let python_pod = fake.with(|st| pods_of(st, Some("python"), "standby"))[0].clone();
+
+    let versions = pool.runtime_versions().await.expect("versions");
+
+    assert!(versions["python"].starts_with("Python 3"), "{versions:?}");
+    // The pod stays in the pool, its serving runner untouched.
+    assert!(fake.with(|st| st.claims.is_empty()));
+    let job = job("python", WHO_RAN_ME);
+    let mut sandbox = pool.claim_for(job.id, "python").await.unwrap().sandbox;
+    assert_eq!(sandbox.name(), python_pod);
+    let main = fake.main_pid(&python_pod).expect("the serving runner runs");
+    let result = pool.run(&mut sandbox, &job).await.unwrap();
+    assert_eq!(parent_and_cpu(&result).0, main, "{result:?}");
+    pool.destroy(sandbox).await;
+}

@@ -117,25 +117,32 @@ impl StandbySet {
         }
         counts
     }
+}
 
-    /// The name of some ready standby pod, waiting for one if needed.
-    ///
-    /// # Errors
-    /// [`Error::Closed`] when `shutdown` fires first.
-    pub async fn wait_any_ready(&self, shutdown: &CancellationToken) -> Result<String> {
-        let mut changes = self.subscribe();
-        loop {
-            changes.borrow_and_update();
-            if let Some(pod) = self.candidates(Uuid::nil()).first() {
-                return Ok(pod.name_any());
-            }
-            tokio::select! {
-                changed = changes.changed() => changed.map_err(|_| Error::Closed)?,
-                () = shutdown.cancelled() => return Err(Error::Closed),
-            }
-            if shutdown.is_cancelled() {
-                return Err(Error::Closed);
-            }
+/// The name of some ready pod of `sets`, waiting for one if needed.
+///
+/// # Errors
+/// [`Error::Closed`] when `shutdown` fires first.
+pub async fn wait_any_ready(sets: &[&StandbySet], shutdown: &CancellationToken) -> Result<String> {
+    let mut changes: Vec<_> = sets.iter().map(|s| s.subscribe()).collect();
+    loop {
+        for c in &mut changes {
+            c.borrow_and_update();
+        }
+        let ready = sets
+            .iter()
+            .find_map(|s| s.candidates(Uuid::nil()).first().map(|p| p.name_any()));
+        if let Some(pod) = ready {
+            return Ok(pod);
+        }
+        let any_change =
+            futures::future::select_all(changes.iter_mut().map(|c| Box::pin(c.changed())));
+        tokio::select! {
+            (changed, _, _) = any_change => changed.map_err(|_| Error::Closed)?,
+            () = shutdown.cancelled() => return Err(Error::Closed),
+        }
+        if shutdown.is_cancelled() {
+            return Err(Error::Closed);
         }
     }
 }
