@@ -377,20 +377,8 @@ impl KubePool {
                     if !split {
                         return total;
                     }
-                    let total = total.clamp(policy.min as u64, policy.max.max(policy.min) as u64);
-                    let split = mix
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .split(total as usize);
-                    let share = match kind {
-                        None => split.generic,
-                        Some(key) => split
-                            .specialised
-                            .iter()
-                            .find(|(k, _)| *k == key)
-                            .map_or(0, |(_, n)| *n),
-                    };
-                    share as u64
+                    let mix = mix.lock().unwrap_or_else(PoisonError::into_inner);
+                    scaler::share_of_demand(total, &policy, &mix, kind)
                 });
                 // With a split, the bounds apply to the total: each share
                 // may be anything from 0.
@@ -408,12 +396,6 @@ impl KubePool {
                 )
             })
             .collect()
-    }
-
-    /// Jobs running in the pool now, across every manager: its claimed,
-    /// not yet terminating pods, as the claimed-pods watch last saw them.
-    pub fn jobs_in_flight(&self) -> u64 {
-        standby::running(&self.inner.claimed_pods)
     }
 
     /// Runs every [`Scaler`] in the background with `depth` as the queue

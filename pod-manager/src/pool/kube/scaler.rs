@@ -30,6 +30,7 @@ use tracing::{info, warn};
 
 use super::{KubeMetrics, kube_error};
 use crate::pool::Result;
+use crate::pool::mix::DemandMix;
 
 /// Bounds and damping of the standby pool size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +81,31 @@ pub fn desired_replicas(
     } else {
         held
     }
+}
+
+/// One Deployment's share of `demand` (queue depth + jobs in flight) when
+/// language pools split the pool: the total clamped to the policy's
+/// `[min, max]`, split by `mix` ([`DemandMix::split`]); `kind` is the
+/// Deployment's language key, `None` for the generic one.
+pub fn share_of_demand(
+    demand: u64,
+    policy: &ScalePolicy,
+    mix: &DemandMix,
+    kind: Option<&str>,
+) -> u64 {
+    let min = u64::try_from(policy.min).unwrap_or(0);
+    let max = u64::try_from(policy.max).unwrap_or(0).max(min);
+    let total = usize::try_from(demand.clamp(min, max)).unwrap_or(usize::MAX);
+    let split = mix.split(total);
+    let share = match kind {
+        None => split.generic,
+        Some(key) => split
+            .specialised
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map_or(0, |(_, n)| *n),
+    };
+    share as u64
 }
 
 /// Applies the scale-down delay: returns the replicas to set now and when
@@ -234,6 +260,31 @@ mod tests {
         for (q, f, cur, want, why) in cases {
             assert_eq!(desired_replicas(q, f, cur, 2, 10, 1), want, "{why}");
         }
+    }
+
+    #[test]
+    fn shares_split_the_clamped_total_by_the_mix() {
+        let policy = ScalePolicy {
+            min: 2,
+            max: 10,
+            ..ScalePolicy::default()
+        };
+        let mut mix = DemandMix::new(&["python", "javascript"]);
+        for _ in 0..200 {
+            mix.observe("python");
+        }
+        let shares = |demand| {
+            [None, Some("python"), Some("javascript")]
+                .map(|kind| share_of_demand(demand, &policy, &mix, kind))
+        };
+        assert_eq!(shares(6), [1, 5, 0], "one generic pod kept");
+        assert_eq!(shares(0), [1, 1, 0], "the minimum is the total's");
+        assert_eq!(shares(100), [1, 9, 0], "so is the maximum");
+        assert_eq!(
+            share_of_demand(6, &policy, &mix, Some("cobol")),
+            0,
+            "no pool"
+        );
     }
 
     #[test]
