@@ -398,6 +398,12 @@ impl KubePool {
             .collect()
     }
 
+    /// Jobs running in the pool now, across every manager: its claimed,
+    /// not yet terminating pods, as the claimed-pods watch last saw them.
+    pub fn jobs_in_flight(&self) -> u64 {
+        standby::running(&self.inner.claimed_pods)
+    }
+
     /// Runs every [`Scaler`] in the background with `depth` as the queue
     /// depth, until the pool shuts down.
     pub fn spawn_scaler(&self, depth: queue_depth::QueueDepth) {
