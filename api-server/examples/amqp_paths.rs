@@ -47,7 +47,10 @@ async fn main() -> anyhow::Result<()> {
     let b = Connection::connect(&url, ConnectionProperties::default()).await?;
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let payload = vec![b'x'; 1500];
-    println!("{n} messages of {} bytes per path; medians / p90 / p99 in ms", payload.len());
+    println!(
+        "{n} messages of {} bytes per path; medians / p90 / p99 in ms",
+        payload.len()
+    );
     println!("{:<10} {:>22} {:>22}", "path", "delivered", "confirmed");
     for path in ["quorum", "classic", "event", "transient", "direct"] {
         let (deliver, confirm) = measure(&a, &b, path, &tag, n, &payload).await?;
@@ -85,11 +88,14 @@ async fn measure(
     let name = format!("warmpod.bench.{path}.{tag}");
     let exchange = format!("warmpod.bench.x.{tag}");
     // Where to publish, and the consumer to time.
-    let (pub_exchange, routing_key, mut consumer, replier) = match path {
+    let (pub_exchange, routing_key, mut consumer) = match path {
         "quorum" | "classic" => {
             let mut args = FieldTable::default();
             if path == "quorum" {
-                args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+                args.insert(
+                    "x-queue-type".into(),
+                    AMQPValue::LongString("quorum".into()),
+                );
                 args.insert("x-max-length".into(), AMQPValue::LongLongInt(10_000));
                 args.insert(
                     "x-overflow".into(),
@@ -101,7 +107,7 @@ async fn measure(
                 .queue_declare(name.as_str().into(), QueueDeclareOptions::durable(), args)
                 .await?;
             let c = consume(&consumer_ch, &name, false).await?;
-            (String::new(), name.clone(), c, None)
+            (String::new(), name.clone(), c)
         }
         "event" => {
             consumer_ch
@@ -132,7 +138,7 @@ async fn measure(
                 )
                 .await?;
             let c = consume(&consumer_ch, &name, true).await?;
-            (exchange.clone(), "job.final.accepted".to_string(), c, None)
+            (exchange.clone(), "job.final.accepted".to_string(), c)
         }
         "transient" => {
             let q = consumer_ch
@@ -147,7 +153,7 @@ async fn measure(
                 )
                 .await?;
             let c = consume(&consumer_ch, q.name().as_str(), true).await?;
-            (String::new(), name.clone(), c, None)
+            (String::new(), name.clone(), c)
         }
         _ => {
             // The waiting side consumes the pseudo-queue on its channel and
@@ -184,10 +190,9 @@ async fn measure(
                 .reply_to()
                 .clone()
                 .ok_or_else(|| anyhow::anyhow!("no reply_to"))?;
-            (String::new(), reply_to.to_string(), c, Some(()))
+            (String::new(), reply_to.to_string(), c)
         }
     };
-    let _ = replier;
     let mut deliver = Vec::with_capacity(n);
     let mut confirm = Vec::with_capacity(n);
     let persistent = if confirmed { 2 } else { 1 };
@@ -211,9 +216,8 @@ async fn measure(
             .await
             .ok_or_else(|| anyhow::anyhow!("consumer ended"))??;
         let delivered = started.elapsed();
-        if !confirmed {
-            // no-ack consumers everywhere but the queues, which ack here
-        } else if matches!(path, "quorum" | "classic") {
+        // The queues' consumers ack; the others are no-ack.
+        if matches!(path, "quorum" | "classic") {
             delivery
                 .ack(lapin::options::BasicAckOptions::default())
                 .await?;

@@ -3,16 +3,15 @@
 //! match), and the confirming event [`Publisher`], which also sends the
 //! unconfirmed fast replies (`warmpod_protocol::queue`, "The fast reply").
 
+use lapin::PublisherConfirm;
 use lapin::options::{
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::PublisherConfirm;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use warmpod_protocol::queue::{
-    DELIVERY_COUNT_HEADER, DIRECT_REPLY_TO, JOBS_QUEUE_DELIVERY_LIMIT,
-    RUNTIME_VERSIONS_ROUTING_KEY,
+    DELIVERY_COUNT_HEADER, DIRECT_REPLY_TO, JOBS_QUEUE_DELIVERY_LIMIT, RUNTIME_VERSIONS_ROUTING_KEY,
 };
 use warmpod_protocol::{JobEvent, RuntimeVersions};
 

@@ -79,8 +79,8 @@ impl FakePodManager {
 
     /// Publishes on the events exchange (what every replica receives).
     async fn publish_event(&self, body: &[u8]) {
-        let confirm = self
-            .channel
+        // Not a confirm channel: the "confirm" resolves at once.
+        self.channel
             .basic_publish(
                 self.events_exchange.as_str().into(),
                 "job.final.accepted".into(),
@@ -89,14 +89,14 @@ impl FakePodManager {
                 BasicProperties::default().with_delivery_mode(2),
             )
             .await
+            .unwrap()
+            .await
             .unwrap();
-        drop(confirm);
     }
 
     /// Publishes a fast reply to `reply_to` only.
     async fn publish_reply(&self, reply_to: &str, body: &[u8]) {
-        let _ = self
-            .channel
+        self.channel
             .basic_publish(
                 "".into(),
                 reply_to.into(),
@@ -104,6 +104,8 @@ impl FakePodManager {
                 body,
                 BasicProperties::default().with_delivery_mode(1),
             )
+            .await
+            .unwrap()
             .await
             .unwrap();
     }
@@ -201,7 +203,11 @@ async fn a_replica_that_did_not_submit_still_learns_the_final_state() {
     let elsewhere = app.final_state_at(1, id).await;
     assert_eq!(elsewhere["status"], "accepted");
     assert_eq!(elsewhere["stdout"], "42\n");
-    assert_eq!(app.counter(1, VIA_REPLY).await, 0, "replica 1 waited for nothing");
+    assert_eq!(
+        app.counter(1, VIA_REPLY).await,
+        0,
+        "replica 1 waited for nothing"
+    );
     // Replica 0 learnt it once, by whichever copy came first.
     assert_eq!(
         app.counter(0, VIA_REPLY).await + app.counter(0, VIA_EVENT).await,
