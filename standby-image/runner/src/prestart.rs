@@ -11,8 +11,9 @@
 //! time; a job that arrives before the interpreter is ready waits for it,
 //! on the job's wall clock), sends `"<stdin mode>\0<work dir>\0<argv>..."` and feeds stdin.
 //! From there supervision and verdicts are the cold path's. The
-//! language's bootstrap (`prestart/<key>.py`…) makes the program run as
-//! the cold run command would.
+//! language's bootstrap (`prestart/<key>.py`, `.js`…) makes the program run
+//! as the cold run command would; a runtime that loads it from a file gets
+//! a [`BootstrapFile`] beside the work directory.
 //!
 //! A job of another language, or with a memory limit the interpreter was
 //! not started for, runs on the cold path: the interpreter is killed first
@@ -37,6 +38,9 @@ use crate::spawn::{self, LaunchSpec, Launched, Launcher, PROGRAM_PATH};
 use crate::sys::{self, ChildSetup};
 use crate::workdir::WorkDir;
 
+mod bootstrap_file;
+use bootstrap_file::BootstrapFile;
+
 /// How long a job waits for an interpreter still starting up before it is
 /// given its program anyway (its wall clock runs meanwhile).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,7 +49,16 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn bootstrap(language: &Language) -> Option<&'static str> {
     match language.key {
         "python" => Some(include_str!("prestart/python.py")),
+        "javascript" => Some(include_str!("prestart/javascript.js")),
         _ => None,
+    }
+}
+
+/// The file name extension of `language`'s bootstrap file.
+fn bootstrap_extension(language: &Language) -> &'static str {
+    match language.key {
+        "javascript" => "js",
+        _ => "txt",
     }
 }
 
@@ -81,6 +94,8 @@ pub struct Prestarted {
     /// directory is removed.
     waiting: Waiting,
     dir: WorkDir,
+    /// Kept (after the process is gone) while the job may load it.
+    bootstrap_file: Option<BootstrapFile>,
 }
 
 /// The waiting process and the runner's ends of its pipes. Dropped unused,
@@ -113,14 +128,27 @@ impl Prestarted {
             return Err(PrestartError::Unsupported(language.key));
         };
         let memory_kb = ResolvedLimits::DEFAULT.memory_kb;
-        let argv: Vec<String> = language::expand(template, &[language.source_file], memory_kb)
-            .into_iter()
-            .map(|a| a.replace("{bootstrap}", code))
-            .collect();
         let spawn_err = |source| PrestartError::Spawn {
             language: language.key,
             source,
         };
+        let bootstrap_file = template
+            .iter()
+            .any(|a| a.contains("{bootstrap_file}"))
+            .then(|| BootstrapFile::write(work_root, bootstrap_extension(language), code))
+            .transpose()
+            .map_err(spawn_err)?;
+        let file_path = bootstrap_file
+            .as_ref()
+            .map(|f| f.path().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let argv: Vec<String> = language::expand(template, &[language.source_file], memory_kb)
+            .into_iter()
+            .map(|a| {
+                a.replace("{bootstrap_file}", &file_path)
+                    .replace("{bootstrap}", code)
+            })
+            .collect();
         let dir = WorkDir::create_for_prestart(work_root, ids).map_err(spawn_err)?;
         let waiting = spawn_waiting(&argv, &dir, ids).map_err(spawn_err)?;
         Ok(Self {
@@ -128,6 +156,7 @@ impl Prestarted {
             memory_kb,
             waiting,
             dir,
+            bootstrap_file,
         })
     }
 
@@ -164,6 +193,7 @@ impl Prestarted {
             language,
             mut dir,
             waiting,
+            bootstrap_file,
             ..
         } = self;
         // On failure `waiting` is dropped: the interpreter is killed.
@@ -172,6 +202,7 @@ impl Prestarted {
             language,
             dir: dir.path().to_path_buf(),
             waiting: RefCell::new(Some(waiting)),
+            _bootstrap_file: bootstrap_file,
         };
         Ok((dir, launcher))
     }
@@ -236,6 +267,8 @@ pub struct PrestartLauncher {
     language: &'static Language,
     dir: std::path::PathBuf,
     waiting: RefCell<Option<Waiting>>,
+    /// Removed once the launcher is dropped, after the job's processes.
+    _bootstrap_file: Option<BootstrapFile>,
 }
 
 impl Launcher for PrestartLauncher {
@@ -343,10 +376,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_python_is_supported_for_now() {
-        let python = Language::find("python").unwrap();
-        assert!(supported(python));
-        for key in ["javascript", "c", "cpp", "java", "bash"] {
+    fn python_and_javascript_are_supported() {
+        for key in ["python", "javascript"] {
+            assert!(supported(Language::find(key).unwrap()), "{key}");
+        }
+        for key in ["c", "cpp", "java", "bash"] {
             assert!(!supported(Language::find(key).unwrap()), "{key}");
         }
     }
