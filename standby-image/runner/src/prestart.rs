@@ -1,8 +1,8 @@
 //! Pre-started interpreters: a language's interpreter started before the
 //! job arrives, already as the program uid, in its own session, with the
 //! clean environment and its (single-use) work directory as cwd, blocked
-//! reading its program from a private socket (fd 3), on which it first
-//! says it is ready.
+//! reading its program from a private socket (fd 3; for Node a high
+//! descriptor, see `program_fd`), on which it first says it is ready.
 //!
 //! When the job arrives, [`Prestarted::hand_over`] renames the work
 //! directory to the job's and writes its files; the [`Launcher`] it returns
@@ -59,6 +59,18 @@ fn bootstrap_extension(language: &Language) -> &'static str {
     match language.key {
         "javascript" => "js",
         _ => "txt",
+    }
+}
+
+/// The descriptor `language`'s bootstrap reads its program from: 3, or
+/// for Node a high one: its start-up opens a dozen descriptors (epoll,
+/// eventfd, pipes) after the socket, which must take the numbers they take
+/// in a cold start, so that the program's own first `open` returns the
+/// cold path's number too (`prestart/javascript.js` has the same number).
+fn program_fd(language: &Language) -> i32 {
+    match language.key {
+        "javascript" => 1023,
+        _ => 3,
     }
 }
 
@@ -150,7 +162,7 @@ impl Prestarted {
             })
             .collect();
         let dir = WorkDir::create_for_prestart(work_root, ids).map_err(spawn_err)?;
-        let waiting = spawn_waiting(&argv, &dir, ids).map_err(spawn_err)?;
+        let waiting = spawn_waiting(&argv, &dir, ids, program_fd(language)).map_err(spawn_err)?;
         Ok(Self {
             language,
             memory_kb,
@@ -208,10 +220,16 @@ impl Prestarted {
     }
 }
 
-fn spawn_waiting(argv: &[String], dir: &WorkDir, ids: Option<(u32, u32)>) -> io::Result<Waiting> {
+fn spawn_waiting(
+    argv: &[String],
+    dir: &WorkDir,
+    ids: Option<(u32, u32)>,
+    program_fd: i32,
+) -> io::Result<Waiting> {
     // The program socket first, so the child's end has the lowest
-    // descriptor (below std's own exec-error pipe, which fd 3 must not
-    // replace).
+    // descriptor (below std's own exec-error pipe, which the dup2 onto
+    // `program_fd` must not replace: 3, or one far above what the runner
+    // has open).
     let (program_write, program_read) = UnixStream::pair()?;
     let (stdin_read, stdin_write) = spawn::pipe()?;
     let (out_read, out_write) = spawn::pipe()?;
@@ -231,7 +249,7 @@ fn spawn_waiting(argv: &[String], dir: &WorkDir, ids: Option<(u32, u32)>) -> io:
         &mut cmd,
         ChildSetup {
             rlimits: None,
-            program_fd: Some(program_read.as_raw_fd()),
+            program_fd: Some((program_read.as_raw_fd(), program_fd)),
             ids,
             parent: std::process::id() as i32,
         },
@@ -383,6 +401,16 @@ mod tests {
         for key in ["c", "cpp", "java", "bash"] {
             assert!(!supported(Language::find(key).unwrap()), "{key}");
         }
+    }
+
+    #[test]
+    fn the_bootstraps_read_the_descriptor_they_are_given() {
+        let js = Language::find("javascript").unwrap();
+        let expected = format!("const PROGRAM_FD = {};", program_fd(js));
+        assert!(bootstrap(js).unwrap().contains(&expected), "{expected}");
+        let python = Language::find("python").unwrap();
+        assert_eq!(program_fd(python), 3);
+        assert!(bootstrap(python).unwrap().contains("os.read(3, 65536)"));
     }
 
     #[test]

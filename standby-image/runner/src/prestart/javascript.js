@@ -3,7 +3,8 @@
 // /proc/self/cwd/main.js`. Node has resolved its main path already (it is
 // realpath-ed when loaded, so it follows the work directory's rename) and
 // loads this preload last before the main module. Here it says "ready" on
-// fd 3 (a socket), blocks on it for
+// fd PROGRAM_FD (a socket, high so that the descriptors Node opens at
+// start-up take the numbers of a cold start), blocks on it for
 // "<stdin mode>\0<work dir>\0<script>\0<arg>..." (until EOF), then makes the
 // process what `node --max-old-space-size=<mb> <script> <arg>...` started in
 // the work dir would be at this point, and returns: Node's own run_main path
@@ -15,6 +16,7 @@
 // is the cold one, and allocates no pooled Buffer.
 'use strict';
 (function warmpodPrestart() {
+  const PROGRAM_FD = 1023;
   const fs = require('fs');
   const path = require('path');
   const Module = module.constructor;
@@ -56,19 +58,19 @@
     return;
   }
 
-  fs.writeSync(3, new Uint8Array([82]));
+  fs.writeSync(PROGRAM_FD, new Uint8Array([82]));
   const chunks = [];
   let total = 0;
   for (;;) {
     const chunk = new Uint8Array(65536);
-    const n = fs.readSync(3, chunk, 0, chunk.length, null);
+    const n = fs.readSync(PROGRAM_FD, chunk, 0, chunk.length, null);
     if (n === 0) {
       break;
     }
     chunks.push(chunk.subarray(0, n));
     total += n;
   }
-  fs.closeSync(3);
+  fs.closeSync(PROGRAM_FD);
   const header = new Uint8Array(total);
   let at = 0;
   for (const chunk of chunks) {

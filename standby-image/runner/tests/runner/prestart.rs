@@ -89,6 +89,8 @@ const JS_PROGRAMS: &[&str] = &[
     "require('fs').writeFileSync('x.mjs', 'export default import.meta.url;');\n\
      import('./x.mjs').then((m) => console.log(m.default));\nimport('./missing.mjs').catch((e) => console.log(e.code));",
     "console.log(new Error('here').stack);",
+    "const fs = require('fs');\nconst fd = fs.openSync('main.js', 'r');\n\
+     console.log(fd, fs.readdirSync('/proc/self/fd').length);",
 ];
 
 #[test]
