@@ -177,15 +177,20 @@ impl Prestarted {
         self.language
     }
 
-    /// Whether a job of `language` with a memory limit of `memory_kb` can
-    /// run on this interpreter exactly as on the cold path.
-    pub fn serves(&self, language: &Language, memory_kb: u64) -> bool {
+    /// Whether a job of `language` with a memory limit of `memory_kb` and
+    /// entry point `entry` can run on this interpreter exactly as on the
+    /// cold path (a command that names the entry point, like Node's, was
+    /// started for the default one).
+    pub fn serves(&self, language: &Language, memory_kb: u64, entry: &str) -> bool {
         let Some(template) = self.language.prestart else {
             return false;
         };
         let uses_memory = template.iter().any(|a| a.contains("{memory_mb}"))
             || self.language.run.iter().any(|a| a.contains("{memory_mb}"));
-        language.key == self.language.key && (!uses_memory || memory_kb == self.memory_kb)
+        let names_entry = template.iter().any(|a| a.contains("{source}"));
+        language.key == self.language.key
+            && (!uses_memory || memory_kb == self.memory_kb)
+            && (!names_entry || entry == self.language.source_file)
     }
 
     /// Gives the interpreter to job `id`: its directory takes the job's

@@ -122,6 +122,16 @@ fn javascript_stdin_args_and_a_second_file() {
 }
 
 #[test]
+fn javascript_with_another_entry_point_or_memory_limit_runs_cold() {
+    // The interpreter was started for main.js and the default heap limit.
+    let code = "console.log(__filename.endsWith('/app.js'), process.execArgv)";
+    let entry = same_both_ways(&job("javascript", code).entry_name("app.js"));
+    assert_eq!(entry.stdout, "true [ '--max-old-space-size=256' ]\n");
+    let memory = same_both_ways(&job("javascript", code).limits(json!({ "memory_kb": 65536 })));
+    assert_eq!(memory.stdout, "false [ '--max-old-space-size=64' ]\n");
+}
+
+#[test]
 fn javascript_start_up_cpu_is_not_charged() {
     let code =
         "const u = process.cpuUsage();\nconsole.log(Math.round((u.user + u.system) / 1000));";
