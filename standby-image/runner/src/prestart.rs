@@ -372,26 +372,36 @@ fn tasks_of(pid: i32) -> u64 {
     fs::read_dir(format!("/proc/{pid}/task")).map_or(1, |d| d.count() as u64)
 }
 
-/// CPU time process `pid` has used, in ms: from its scheduler statistics
-/// (nanoseconds), else from `/proc/<pid>/stat` (clock ticks).
+/// CPU time process `pid` has used, in ms, never more than it used: the
+/// larger of its threads' scheduler statistics summed (nanoseconds; a
+/// runtime such as Node or a JVM works on several threads during start-up,
+/// and `/proc/<pid>/schedstat` is the main thread's alone) and the whole
+/// process's `/proc/<pid>/stat` (clock ticks, which also count threads that
+/// have exited).
 fn cpu_used_ms(pid: i32) -> io::Result<u64> {
-    if let Ok(schedstat) = fs::read_to_string(format!("/proc/{pid}/schedstat"))
-        && let Some(ns) = schedstat
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<u64>().ok())
-    {
-        return Ok(ns / 1_000_000);
+    let threads_ms = fs::read_dir(format!("/proc/{pid}/task")).map(|tasks| {
+        let ns: u64 = tasks
+            .flatten()
+            .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        ns / 1_000_000
+    });
+    let stat_ms = fs::read_to_string(format!("/proc/{pid}/stat")).and_then(|stat| {
+        let ticks = crate::reaper::parse_stat(pid, &stat)
+            .ok_or_else(|| io::Error::other("unreadable /proc stat"))?
+            .cpu_ticks;
+        let per_second = match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+            Ok(Some(t)) if t > 0 => t as u64,
+            _ => 100,
+        };
+        Ok(ticks * 1000 / per_second)
+    });
+    match (threads_ms, stat_ms) {
+        (Ok(a), Ok(b)) => Ok(a.max(b)),
+        (Ok(ms), Err(_)) | (Err(_), Ok(ms)) => Ok(ms),
+        (Err(e), Err(_)) => Err(e),
     }
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let ticks = crate::reaper::parse_stat(pid, &stat)
-        .ok_or_else(|| io::Error::other("unreadable /proc stat"))?
-        .cpu_ticks;
-    let per_second = match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
-        Ok(Some(t)) if t > 0 => t as u64,
-        _ => 100,
-    };
-    Ok(ticks * 1000 / per_second)
 }
 
 #[cfg(test)]
@@ -419,7 +429,30 @@ mod tests {
     }
 
     #[test]
-    fn cpu_of_a_running_process_is_read() {
-        assert!(cpu_used_ms(std::process::id() as i32).is_ok());
+    fn cpu_of_a_running_process_counts_its_threads() {
+        use nix::sys::resource::{UsageWho, getrusage};
+        use std::sync::mpsc;
+        let me = std::process::id() as i32;
+        let before = cpu_used_ms(me).unwrap();
+        let (burnt, has_burnt) = mpsc::channel();
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            // 50 ms of this thread's own CPU, then stay alive until told.
+            loop {
+                let usage = getrusage(UsageWho::RUSAGE_THREAD).unwrap();
+                let (u, s) = (usage.user_time(), usage.system_time());
+                let us = (u.tv_sec() + s.tv_sec()) * 1_000_000 + u.tv_usec() + s.tv_usec();
+                if us >= 50_000 {
+                    break;
+                }
+            }
+            burnt.send(()).unwrap();
+            let _ = stopped.recv();
+        });
+        has_burnt.recv().unwrap();
+        let after = cpu_used_ms(me).unwrap();
+        drop(stop);
+        thread.join().unwrap();
+        assert!(after >= before + 49, "{before} ms, then {after} ms");
     }
 }

@@ -133,15 +133,23 @@ fn javascript_with_another_entry_point_or_memory_limit_runs_cold() {
 
 #[test]
 fn javascript_start_up_cpu_is_not_charged() {
+    // The program prints the CPU its process had used when it began: all
+    // start-up, which the job is not charged for. Node's exit then costs
+    // 15-20 ms of CPU, which it is (as on the cold path), so the margin is
+    // not wide: the least of three runs is compared (noise only adds).
     let code =
         "const u = process.cpuUsage();\nconsole.log(Math.round((u.user + u.system) / 1000));";
-    let result = job("javascript", code).run_prestarted();
-    assert_status(&result, Status::Accepted);
-    let at_start: u64 = result.stdout.trim().parse().expect("a number");
+    let (mut charged, mut at_start) = (u64::MAX, u64::MAX);
+    for _ in 0..3 {
+        let result = job("javascript", code).run_prestarted();
+        assert_status(&result, Status::Accepted);
+        let started: u64 = result.stdout.trim().parse().expect("a number");
+        at_start = at_start.min(started);
+        charged = charged.min(result.cpu_time_ms);
+    }
     assert!(
-        result.cpu_time_ms < at_start,
-        "charged {} ms, the start-up alone used {at_start} ms",
-        result.cpu_time_ms
+        charged < at_start,
+        "charged {charged} ms, the start-up alone used {at_start} ms"
     );
 }
 
