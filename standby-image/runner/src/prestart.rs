@@ -67,6 +67,8 @@ fn bootstrap_extension(language: &Language) -> &'static str {
 /// eventfd, pipes) after the socket, which must take the numbers they take
 /// in a cold start, so that the program's own first `open` returns the
 /// cold path's number too (`prestart/javascript.js` has the same number).
+/// 1023 fits the usual soft `RLIMIT_NOFILE` of 1024; under a lower one the
+/// spawn fails, which is logged, and the job runs cold.
 fn program_fd(language: &Language) -> i32 {
     match language.key {
         "javascript" => 1023,
