@@ -41,7 +41,7 @@ pub const DEFAULT_SANDBOX_UID_BASE: u32 = 62_000;
 pub const DEFAULT_VERSIONS_INTERVAL_S: u64 = 60;
 /// Default `WARMPOD_PRESTART_LANGUAGES`: languages whose interpreter may
 /// be pre-started in a sandbox, as the job mix asks.
-pub const DEFAULT_PRESTART_LANGUAGES: &str = "python";
+pub const DEFAULT_PRESTART_LANGUAGES: &str = "python,javascript";
 /// Default `WARMPOD_BWRAP`.
 pub const DEFAULT_BWRAP: &str = "/usr/bin/bwrap";
 
@@ -599,11 +599,16 @@ mod tests {
 
     #[test]
     fn prestart_languages_default_and_parse() {
-        assert_eq!(config(&[]).unwrap().local.prestart_languages, ["python"]);
+        assert_eq!(
+            config(&[]).unwrap().local.prestart_languages,
+            ["python", "javascript"]
+        );
         let none = config(&[("WARMPOD_PRESTART_LANGUAGES", "none")]).unwrap();
         assert!(none.local.prestart_languages.is_empty());
         let aliases = config(&[("WARMPOD_PRESTART_LANGUAGES", " py , python3 ")]).unwrap();
         assert_eq!(aliases.local.prestart_languages, ["python"]);
+        let node = config(&[("WARMPOD_PRESTART_LANGUAGES", "node")]).unwrap();
+        assert_eq!(node.local.prestart_languages, ["javascript"]);
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //! - `{memory_mb}`: the memory limit in MiB, for runtimes that cap their
 //!   own heap (see [`MemoryModel::RuntimeHeap`]);
 //! - `{bootstrap}`: (pre-start commands only) the runner's bootstrap code
-//!   for the language, which waits for the program on a private descriptor.
+//!   for the language, which waits for the program on a private descriptor;
+//! - `{bootstrap_file}`: (pre-start commands only) the path of a file
+//!   holding that code, for runtimes that load it from a file.
 
 /// How a language's memory limit is enforced by the runner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +58,8 @@ pub struct Language {
     pub oom_markers: &'static [&'static str],
     /// The command of an interpreter the runner may start before the job
     /// arrives (a pre-started runtime), for languages it supports this for.
-    /// The runner substitutes `{bootstrap}`; `{memory_mb}` takes the memory
+    /// The runner substitutes `{bootstrap}` or `{bootstrap_file}`;
+    /// `{memory_mb}` takes the memory
     /// limit the interpreter is started for (a job with another limit runs
     /// on the cold path).
     pub prestart: Option<&'static [&'static str]>,
@@ -97,7 +100,15 @@ pub static LANGUAGES: &[Language] = &[
             "JavaScript heap out of memory",
             "RangeError: Array buffer allocation failed",
         ],
-        prestart: None,
+        // The bootstrap is a `-r` preload; the main path, resolved before
+        // it runs, follows the work directory's rename.
+        prestart: Some(&[
+            "/usr/bin/node",
+            "--max-old-space-size={memory_mb}",
+            "-r",
+            "{bootstrap_file}",
+            "/proc/self/cwd/{source}",
+        ]),
     },
     Language {
         key: "c",

@@ -154,11 +154,10 @@ impl<L: Launcher> Runner<L> {
         let owner = self.identity.switch_to();
         // Taken in every case: an interpreter the job cannot use is killed
         // (dropped) before anything of the job runs.
-        let prestarted = self
-            .prestarted
-            .borrow_mut()
-            .take()
-            .filter(|p| p.serves(job.language, job.limits.memory_kb));
+        let prestarted = self.prestarted.borrow_mut().take().filter(|p| {
+            let entry = job.files.first().map_or("", |(name, _)| name.as_str());
+            p.serves(job.language, job.limits.memory_kb, entry)
+        });
         if let Some(prestarted) = prestarted {
             return match prestarted.hand_over(job.id, owner, &job.files) {
                 Ok((dir, launcher)) => self.execute(job, &dir, signals, &launcher),

@@ -1,8 +1,8 @@
 //! Pre-started interpreters: a language's interpreter started before the
 //! job arrives, already as the program uid, in its own session, with the
 //! clean environment and its (single-use) work directory as cwd, blocked
-//! reading its program from a private socket (fd 3), on which it first
-//! says it is ready.
+//! reading its program from a private socket (fd 3; for Node a high
+//! descriptor, see `program_fd`), on which it first says it is ready.
 //!
 //! When the job arrives, [`Prestarted::hand_over`] renames the work
 //! directory to the job's and writes its files; the [`Launcher`] it returns
@@ -11,8 +11,9 @@
 //! time; a job that arrives before the interpreter is ready waits for it,
 //! on the job's wall clock), sends `"<stdin mode>\0<work dir>\0<argv>..."` and feeds stdin.
 //! From there supervision and verdicts are the cold path's. The
-//! language's bootstrap (`prestart/<key>.py`…) makes the program run as
-//! the cold run command would.
+//! language's bootstrap (`prestart/<key>.py`, `.js`…) makes the program run
+//! as the cold run command would; a runtime that loads it from a file gets
+//! a [`BootstrapFile`] beside the work directory.
 //!
 //! A job of another language, or with a memory limit the interpreter was
 //! not started for, runs on the cold path: the interpreter is killed first
@@ -37,6 +38,9 @@ use crate::spawn::{self, LaunchSpec, Launched, Launcher, PROGRAM_PATH};
 use crate::sys::{self, ChildSetup};
 use crate::workdir::WorkDir;
 
+mod bootstrap_file;
+use bootstrap_file::BootstrapFile;
+
 /// How long a job waits for an interpreter still starting up before it is
 /// given its program anyway (its wall clock runs meanwhile).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,7 +49,30 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn bootstrap(language: &Language) -> Option<&'static str> {
     match language.key {
         "python" => Some(include_str!("prestart/python.py")),
+        "javascript" => Some(include_str!("prestart/javascript.js")),
         _ => None,
+    }
+}
+
+/// The file name extension of `language`'s bootstrap file.
+fn bootstrap_extension(language: &Language) -> &'static str {
+    match language.key {
+        "javascript" => "js",
+        _ => "txt",
+    }
+}
+
+/// The descriptor `language`'s bootstrap reads its program from: 3, or
+/// for Node a high one: its start-up opens a dozen descriptors (epoll,
+/// eventfd, pipes) after the socket, which must take the numbers they take
+/// in a cold start, so that the program's own first `open` returns the
+/// cold path's number too (`prestart/javascript.js` has the same number).
+/// 1023 fits the usual soft `RLIMIT_NOFILE` of 1024; under a lower one the
+/// spawn fails, which is logged, and the job runs cold.
+fn program_fd(language: &Language) -> i32 {
+    match language.key {
+        "javascript" => 1023,
+        _ => 3,
     }
 }
 
@@ -81,6 +108,8 @@ pub struct Prestarted {
     /// directory is removed.
     waiting: Waiting,
     dir: WorkDir,
+    /// Kept (after the process is gone) while the job may load it.
+    bootstrap_file: Option<BootstrapFile>,
 }
 
 /// The waiting process and the runner's ends of its pipes. Dropped unused,
@@ -113,21 +142,35 @@ impl Prestarted {
             return Err(PrestartError::Unsupported(language.key));
         };
         let memory_kb = ResolvedLimits::DEFAULT.memory_kb;
-        let argv: Vec<String> = language::expand(template, &[language.source_file], memory_kb)
-            .into_iter()
-            .map(|a| a.replace("{bootstrap}", code))
-            .collect();
         let spawn_err = |source| PrestartError::Spawn {
             language: language.key,
             source,
         };
+        let bootstrap_file = template
+            .iter()
+            .any(|a| a.contains("{bootstrap_file}"))
+            .then(|| BootstrapFile::write(work_root, bootstrap_extension(language), code))
+            .transpose()
+            .map_err(spawn_err)?;
+        let file_path = bootstrap_file
+            .as_ref()
+            .map(|f| f.path().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let argv: Vec<String> = language::expand(template, &[language.source_file], memory_kb)
+            .into_iter()
+            .map(|a| {
+                a.replace("{bootstrap_file}", &file_path)
+                    .replace("{bootstrap}", code)
+            })
+            .collect();
         let dir = WorkDir::create_for_prestart(work_root, ids).map_err(spawn_err)?;
-        let waiting = spawn_waiting(&argv, &dir, ids).map_err(spawn_err)?;
+        let waiting = spawn_waiting(&argv, &dir, ids, program_fd(language)).map_err(spawn_err)?;
         Ok(Self {
             language,
             memory_kb,
             waiting,
             dir,
+            bootstrap_file,
         })
     }
 
@@ -136,15 +179,20 @@ impl Prestarted {
         self.language
     }
 
-    /// Whether a job of `language` with a memory limit of `memory_kb` can
-    /// run on this interpreter exactly as on the cold path.
-    pub fn serves(&self, language: &Language, memory_kb: u64) -> bool {
+    /// Whether a job of `language` with a memory limit of `memory_kb` and
+    /// entry point `entry` can run on this interpreter exactly as on the
+    /// cold path (a command that names the entry point, like Node's, was
+    /// started for the default one).
+    pub fn serves(&self, language: &Language, memory_kb: u64, entry: &str) -> bool {
         let Some(template) = self.language.prestart else {
             return false;
         };
         let uses_memory = template.iter().any(|a| a.contains("{memory_mb}"))
             || self.language.run.iter().any(|a| a.contains("{memory_mb}"));
-        language.key == self.language.key && (!uses_memory || memory_kb == self.memory_kb)
+        let names_entry = template.iter().any(|a| a.contains("{source}"));
+        language.key == self.language.key
+            && (!uses_memory || memory_kb == self.memory_kb)
+            && (!names_entry || entry == self.language.source_file)
     }
 
     /// Gives the interpreter to job `id`: its directory takes the job's
@@ -164,6 +212,7 @@ impl Prestarted {
             language,
             mut dir,
             waiting,
+            bootstrap_file,
             ..
         } = self;
         // On failure `waiting` is dropped: the interpreter is killed.
@@ -172,15 +221,22 @@ impl Prestarted {
             language,
             dir: dir.path().to_path_buf(),
             waiting: RefCell::new(Some(waiting)),
+            _bootstrap_file: bootstrap_file,
         };
         Ok((dir, launcher))
     }
 }
 
-fn spawn_waiting(argv: &[String], dir: &WorkDir, ids: Option<(u32, u32)>) -> io::Result<Waiting> {
+fn spawn_waiting(
+    argv: &[String],
+    dir: &WorkDir,
+    ids: Option<(u32, u32)>,
+    program_fd: i32,
+) -> io::Result<Waiting> {
     // The program socket first, so the child's end has the lowest
-    // descriptor (below std's own exec-error pipe, which fd 3 must not
-    // replace).
+    // descriptor (below std's own exec-error pipe, which the dup2 onto
+    // `program_fd` must not replace: 3, or one far above what the runner
+    // has open).
     let (program_write, program_read) = UnixStream::pair()?;
     let (stdin_read, stdin_write) = spawn::pipe()?;
     let (out_read, out_write) = spawn::pipe()?;
@@ -200,7 +256,7 @@ fn spawn_waiting(argv: &[String], dir: &WorkDir, ids: Option<(u32, u32)>) -> io:
         &mut cmd,
         ChildSetup {
             rlimits: None,
-            program_fd: Some(program_read.as_raw_fd()),
+            program_fd: Some((program_read.as_raw_fd(), program_fd)),
             ids,
             parent: std::process::id() as i32,
         },
@@ -236,6 +292,8 @@ pub struct PrestartLauncher {
     language: &'static Language,
     dir: std::path::PathBuf,
     waiting: RefCell<Option<Waiting>>,
+    /// Removed once the launcher is dropped, after the job's processes.
+    _bootstrap_file: Option<BootstrapFile>,
 }
 
 impl Launcher for PrestartLauncher {
@@ -316,26 +374,36 @@ fn tasks_of(pid: i32) -> u64 {
     fs::read_dir(format!("/proc/{pid}/task")).map_or(1, |d| d.count() as u64)
 }
 
-/// CPU time process `pid` has used, in ms: from its scheduler statistics
-/// (nanoseconds), else from `/proc/<pid>/stat` (clock ticks).
+/// CPU time process `pid` has used, in ms, never more than it used: the
+/// larger of its threads' scheduler statistics summed (nanoseconds; a
+/// runtime such as Node or a JVM works on several threads during start-up,
+/// and `/proc/<pid>/schedstat` is the main thread's alone) and the whole
+/// process's `/proc/<pid>/stat` (clock ticks, which also count threads that
+/// have exited).
 fn cpu_used_ms(pid: i32) -> io::Result<u64> {
-    if let Ok(schedstat) = fs::read_to_string(format!("/proc/{pid}/schedstat"))
-        && let Some(ns) = schedstat
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<u64>().ok())
-    {
-        return Ok(ns / 1_000_000);
+    let threads_ms = fs::read_dir(format!("/proc/{pid}/task")).map(|tasks| {
+        let ns: u64 = tasks
+            .flatten()
+            .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        ns / 1_000_000
+    });
+    let stat_ms = fs::read_to_string(format!("/proc/{pid}/stat")).and_then(|stat| {
+        let ticks = crate::reaper::parse_stat(pid, &stat)
+            .ok_or_else(|| io::Error::other("unreadable /proc stat"))?
+            .cpu_ticks;
+        let per_second = match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+            Ok(Some(t)) if t > 0 => t as u64,
+            _ => 100,
+        };
+        Ok(ticks * 1000 / per_second)
+    });
+    match (threads_ms, stat_ms) {
+        (Ok(a), Ok(b)) => Ok(a.max(b)),
+        (Ok(ms), Err(_)) | (Err(_), Ok(ms)) => Ok(ms),
+        (Err(e), Err(_)) => Err(e),
     }
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let ticks = crate::reaper::parse_stat(pid, &stat)
-        .ok_or_else(|| io::Error::other("unreadable /proc stat"))?
-        .cpu_ticks;
-    let per_second = match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
-        Ok(Some(t)) if t > 0 => t as u64,
-        _ => 100,
-    };
-    Ok(ticks * 1000 / per_second)
 }
 
 #[cfg(test)]
@@ -343,16 +411,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_python_is_supported_for_now() {
-        let python = Language::find("python").unwrap();
-        assert!(supported(python));
-        for key in ["javascript", "c", "cpp", "java", "bash"] {
+    fn python_and_javascript_are_supported() {
+        for key in ["python", "javascript"] {
+            assert!(supported(Language::find(key).unwrap()), "{key}");
+        }
+        for key in ["c", "cpp", "java", "bash"] {
             assert!(!supported(Language::find(key).unwrap()), "{key}");
         }
     }
 
     #[test]
-    fn cpu_of_a_running_process_is_read() {
-        assert!(cpu_used_ms(std::process::id() as i32).is_ok());
+    fn the_bootstraps_read_the_descriptor_they_are_given() {
+        let js = Language::find("javascript").unwrap();
+        let expected = format!("const PROGRAM_FD = {};", program_fd(js));
+        assert!(bootstrap(js).unwrap().contains(&expected), "{expected}");
+        let python = Language::find("python").unwrap();
+        assert_eq!(program_fd(python), 3);
+        assert!(bootstrap(python).unwrap().contains("os.read(3, 65536)"));
+    }
+
+    #[test]
+    fn cpu_of_a_running_process_counts_its_threads() {
+        use nix::sys::resource::{UsageWho, getrusage};
+        use std::sync::mpsc;
+        let me = std::process::id() as i32;
+        let before = cpu_used_ms(me).unwrap();
+        let (burnt, has_burnt) = mpsc::channel();
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            // 50 ms of this thread's own CPU, then stay alive until told.
+            loop {
+                let usage = getrusage(UsageWho::RUSAGE_THREAD).unwrap();
+                let (u, s) = (usage.user_time(), usage.system_time());
+                let us = (u.tv_sec() + s.tv_sec()) * 1_000_000 + u.tv_usec() + s.tv_usec();
+                if us >= 50_000 {
+                    break;
+                }
+            }
+            burnt.send(()).unwrap();
+            let _ = stopped.recv();
+        });
+        has_burnt.recv().unwrap();
+        let after = cpu_used_ms(me).unwrap();
+        drop(stop);
+        thread.join().unwrap();
+        assert!(after >= before + 49, "{before} ms, then {after} ms");
     }
 }

@@ -22,9 +22,11 @@ pub struct ChildSetup {
     /// Resource limits, applied before the identity change (none for a
     /// pre-started interpreter, which takes the job's with [`prlimit`]).
     pub rlimits: Option<[Rlimit; RLIMIT_COUNT]>,
-    /// A descriptor to hand the program as fd 3 (a pre-started
+    /// A descriptor to hand the program, and the number it takes there
+    /// (a pre-started interpreter's private program socket; fd 3 unless
+    /// the language says otherwise)
     /// interpreter's private program pipe).
-    pub program_fd: Option<i32>,
+    pub program_fd: Option<(i32, i32)>,
     /// `(uid, gid)` to switch to (only when the runner is root).
     pub ids: Option<(u32, u32)>,
     /// The runner's pid: a child whose parent is no longer this was
@@ -84,22 +86,22 @@ fn child_setup(setup: &ChildSetup) -> io::Result<()> {
         return Err(io::Error::from_raw_os_error(libc::ESRCH));
     }
     close_inherited_on_exec();
-    if let Some(fd) = setup.program_fd {
-        hand_over_as_fd_3(fd)?;
+    if let Some((fd, target)) = setup.program_fd {
+        hand_over_as(fd, target)?;
     }
     Ok(())
 }
 
-/// Makes `fd` the child's fd 3, kept open across exec.
-fn hand_over_as_fd_3(fd: i32) -> io::Result<()> {
-    const TARGET: i32 = 3;
-    if fd == TARGET {
+/// Makes `fd` the child's descriptor `target`, kept open across exec.
+fn hand_over_as(fd: i32, target: i32) -> io::Result<()> {
+    if fd == target {
         // dup2 onto itself would keep close-on-exec set.
         // SAFETY: plain integer arguments.
-        return check(unsafe { libc::fcntl(TARGET, libc::F_SETFD, 0) }.into());
+        return check(unsafe { libc::fcntl(target, libc::F_SETFD, 0) }.into());
     }
-    // SAFETY: plain integer arguments; the new fd 3 is not close-on-exec.
-    check(unsafe { libc::dup2(fd, TARGET) }.into())
+    // SAFETY: plain integer arguments; the new descriptor is not
+    // close-on-exec.
+    check(unsafe { libc::dup2(fd, target) }.into())
 }
 
 /// Applies `rlimits` to the running process `pid` (a pre-started
