@@ -23,6 +23,7 @@
 //! after reaping it.
 #![allow(unsafe_code)]
 
+use std::cell::RefCell;
 use std::ffi::{CStr, CString, c_int, c_void};
 use std::fs::File;
 use std::io;
@@ -127,6 +128,8 @@ struct ChildArgs {
 const CHILD_STACK: usize = 64 * 1024;
 /// The guard page below the child's stack.
 const GUARD: usize = 4096;
+/// The size of the kernel's signal set (64 signals).
+const KERNEL_SIGSET_BYTES: usize = 8;
 /// The highest signal number on Linux (`_NSIG - 1`).
 const MAX_SIGNAL: c_int = 64;
 
@@ -163,9 +166,13 @@ pub fn spawn(cmd: &Command<'_>) -> io::Result<Spawned> {
         ],
         failure: AtomicI32::new(0),
     };
-    let stack = Stack::new()?;
-    let (pid, pidfd) = clone_vfork(&args, &stack)?;
-    drop(stack);
+    let (pid, pidfd) = STACK.with(|cell| {
+        let mut stack = cell.borrow_mut();
+        if stack.is_none() {
+            *stack = Some(Stack::new()?);
+        }
+        clone_vfork(&args, stack.as_ref().expect("set above"))
+    })?;
     drop(child_ends);
     let failure = args.failure.load(Ordering::SeqCst);
     if failure != 0 {
@@ -222,6 +229,13 @@ fn child_error(failure: i32) -> io::Error {
     io::Error::new(os.kind(), format!("{what}: {os}"))
 }
 
+thread_local! {
+    /// This thread's child stack, mapped once and kept: a thread runs one
+    /// clone at a time, and is suspended until that child has exec'd or
+    /// exited, so the stack is free again whenever clone returns.
+    static STACK: RefCell<Option<Stack>> = const { RefCell::new(None) };
+}
+
 /// The child's stack: an anonymous mapping with a guard page below it.
 struct Stack {
     base: *mut c_void,
@@ -264,8 +278,8 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, used by no one any more (the
-        // child has exec'd or exited before clone returned).
+        // SAFETY: the mapping made in `new`, used by no one any more (its
+        // last child exec'd or exited before clone returned).
         unsafe { libc::munmap(self.base, self.len) };
     }
 }
@@ -396,8 +410,17 @@ unsafe fn reset_signals() {
                 libc::sigaction(sig, &dfl, ptr::null_mut());
             }
         }
+        // The raw system call: glibc's wrapper leaves its internal signals
+        // (32, 33) as they are.
         let empty = empty_sigset();
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, ptr::null_mut());
+        let no_old: *mut libc::sigset_t = ptr::null_mut();
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty,
+            no_old,
+            KERNEL_SIGSET_BYTES,
+        );
     }
 }
 
