@@ -3,8 +3,9 @@
 //!
 //! The child is created with `clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD)`
 //! (what `posix_spawn` does): it shares the pod-manager's memory, runs on a
-//! small stack of its own, and the calling thread is suspended until the
-//! child has called `execve` or exited. A `fork` of the multi-threaded
+//! small stack of its own (one per spawning thread, kept between spawns),
+//! and the calling thread is suspended until the child has called `execve`
+//! or exited. A `fork` of the multi-threaded
 //! pod-manager (what the standard library's `pre_exec` forces) would copy
 //! its page tables and take copy-on-write faults for every sandbox.
 //!
