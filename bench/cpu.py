@@ -4,7 +4,8 @@
 Starts its own stack (bench/stack.py), moves the pod-manager into a fresh
 v1 `cpuacct` cgroup (so every sandbox it starts from then on is counted
 too), and for Bash `echo` and Python hello world jobs (synchronous, 8 at a
-time) prints the CPU the pod-manager with its sandboxes, the api-server and
+time) prints the CPU the pod-manager with its sandboxes (and the pod-manager
+process alone, its own threads, from /proc), the api-server and
 RabbitMQ (`beam.smp`, shared with anything else using the broker) spent per
 job; then the CPU of one bare `/usr/bin/python3 -c` (getrusage). Needs root
 and the cgroup v1 cpuacct controller at /sys/fs/cgroup/cpuacct.
@@ -59,21 +60,24 @@ def main():
         beam = subprocess.run(["pgrep", "-o", "beam.smp"], capture_output=True, text=True).stdout.split()
         client = Client([stack.apis[0].port])
         print(f"CPU per job, {args.n} synchronous jobs {args.c} at a time (ms):")
-        print(f"{'job':<8} {'jobs/s':>7} {'pod-manager+sandboxes':>22} {'api-server':>10} {'rabbitmq':>9}")
+        print(f"{'job':<8} {'jobs/s':>7} {'pod-manager+sandboxes':>22} {'(pm alone)':>10} "
+              f"{'api-server':>10} {'rabbitmq':>9}")
         for lang, src in (("bash", "echo hi"), ("python", 'print("Hello, World!")')):
             # Replaces the sandboxes started before the move into the cgroup.
             block(client, lang, src, 60, args.c)
             with open(os.path.join(cg, "cpuacct.usage")) as f:
                 u0 = int(f.read())
             a0 = proc_cpu_ms(stack.apis[0].proc.pid)
+            p0 = proc_cpu_ms(stack.pod_manager.proc.pid)
             b0 = proc_cpu_ms(beam[0]) if beam else 0
             rate = block(client, lang, src, args.n, args.c)
             with open(os.path.join(cg, "cpuacct.usage")) as f:
                 u1 = int(f.read())
             a1 = proc_cpu_ms(stack.apis[0].proc.pid)
+            p1 = proc_cpu_ms(stack.pod_manager.proc.pid)
             b1 = proc_cpu_ms(beam[0]) if beam else 0
             print(f"{lang:<8} {rate:7.1f} {(u1 - u0) / 1e6 / args.n:22.1f} "
-                  f"{(a1 - a0) / args.n:10.1f} {(b1 - b0) / args.n:9.1f}")
+                  f"{(p1 - p0) / args.n:10.1f} {(a1 - a0) / args.n:10.1f} {(b1 - b0) / args.n:9.1f}")
         r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         for _ in range(args.n):
             subprocess.run(BARE["python"], check=True, stdout=subprocess.DEVNULL, env=CLEAN_ENV)

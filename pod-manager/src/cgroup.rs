@@ -14,7 +14,7 @@
 //!   `pids.max` in their hierarchies, plus the v2 `unified` hierarchy's
 //!   `cgroup.kill` where it is mounted.
 //!
-//! Processes join a sandbox cgroup themselves, between fork and exec, by
+//! Processes join a sandbox cgroup themselves, between clone and exec, by
 //! writing `0` to the `cgroup.procs` files opened here (see
 //! [`SandboxCgroup::procs_files`]), so a sandbox never runs outside it.
 //! Dead managers' leftovers are removed at start-up.
@@ -260,7 +260,7 @@ impl Drop for CgroupManager {
 
 impl SandboxCgroup {
     /// Opens every `cgroup.procs` for writing: a process that writes `0` to
-    /// each of them (between fork and exec) moves itself into this cgroup.
+    /// each of them (between clone and exec) moves itself into this cgroup.
     ///
     /// # Errors
     /// A file could not be opened.

@@ -13,8 +13,10 @@
 //! - [`cgroup`]: per-sandbox cgroups (v1 and v2) for the local backend.
 //! - [`startup`]: [`Application::build`](startup::Application::build) and
 //!   `run_until_stopped`.
-//! - `spawn`: the one module with `unsafe` code (joining a cgroup and
-//!   dropping privileges between fork and exec).
+//! - `spawn`: the one module with `unsafe` code (a vfork-style clone whose
+//!   child joins the sandbox's cgroups and drops privileges before exec).
+//! - `process`: a spawned sandbox process driven from tokio (pipes, pidfd
+//!   wait, kill and reap on drop).
 #![deny(unsafe_code)]
 
 pub mod cgroup;
@@ -22,6 +24,7 @@ pub mod config;
 pub mod consumer;
 pub mod metrics;
 pub mod pool;
+mod process;
 pub mod queue;
 mod spawn;
 pub mod startup;

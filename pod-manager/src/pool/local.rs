@@ -27,17 +27,17 @@
 //! specialised one.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ffi::CString;
 use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::net::unix::pipe;
 use tokio::sync::Notify;
 use uuid::Uuid;
 use warmpod_protocol::{Job, JobResult, Language};
@@ -46,7 +46,8 @@ use super::mix::DemandMix;
 use super::{Claimed, Error, PoolStats, Result, WarmPool};
 use crate::cgroup::{self, CgroupManager, SandboxCgroup};
 use crate::config::LocalConfig;
-use crate::spawn::{self, Identity};
+use crate::process::{self, Process};
+use crate::spawn::Identity;
 
 /// Where the runner appears inside a sandbox.
 pub const RUNNER_IN_SANDBOX: &str = "/opt/warmpod/warmpod-runner";
@@ -88,9 +89,9 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct LocalSandbox {
     slot: usize,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
+    child: Process,
+    stdin: Option<pipe::Sender>,
+    stdout: BufReader<pipe::Receiver>,
     stderr_tail: Arc<Mutex<Vec<u8>>>,
     cgroup: Option<SandboxCgroup>,
     /// The language whose interpreter its runner pre-started, if any.
@@ -139,9 +140,12 @@ struct Inner {
     /// The runner copy and the synthesized `/etc` files; held for its
     /// `Drop`, which removes them (sandboxes see them through `bwrap_args`).
     _runtime: RuntimeDir,
-    /// bwrap's arguments, the same for every sandbox: built once at start
-    /// (they read `/etc` and the top-level directories of `/`).
-    bwrap_args: Vec<String>,
+    /// The bwrap binary, as a C string for exec.
+    bwrap_path: CString,
+    /// bwrap's argv (`bwrap`, its options, the runner's path), the same
+    /// for every sandbox: built once at start (they read `/etc` and the
+    /// top-level directories of `/`).
+    bwrap_argv: Vec<CString>,
     cgroups: Option<Arc<CgroupManager>>,
     /// Whether sandboxes get their own uid (we are root).
     per_sandbox_uid: bool,
@@ -245,12 +249,30 @@ impl LocalPool {
         // The spare slot (the last) is for one-off sandboxes.
         let free_slots = (0..slots - 1).rev().collect();
         let mix = DemandMix::new(&cfg.prestart_languages);
-        let bwrap_args = bwrap_args(&runtime, cfg.tmp_mb);
+        let bwrap_path =
+            c_string(cfg.bwrap_path.as_os_str().as_encoded_bytes().to_vec()).map_err(|source| {
+                StartError::Missing {
+                    what: "bwrap",
+                    path: cfg.bwrap_path.clone(),
+                    source,
+                }
+            })?;
+        let bwrap_argv = std::iter::once("bwrap".to_string())
+            .chain(bwrap_args(&runtime, cfg.tmp_mb))
+            .chain(std::iter::once(RUNNER_IN_SANDBOX.to_string()))
+            .map(|a| c_string(a.into_bytes()))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|source| StartError::Missing {
+                what: "runtime directory",
+                path: runtime.path.clone(),
+                source,
+            })?;
         let pool = Self {
             inner: Arc::new(Inner {
                 cfg,
                 _runtime: runtime,
-                bwrap_args,
+                bwrap_path,
+                bwrap_argv,
                 cgroups,
                 per_sandbox_uid,
                 ready: Mutex::new(VecDeque::new()),
@@ -593,21 +615,14 @@ impl Inner {
             let id = self.cfg.uid_base + slot as u32;
             Identity { uid: id, gid: id }
         });
-        let mut cmd = Command::new(&self.cfg.bwrap_path);
-        cmd.args(&self.bwrap_args)
-            .arg(RUNNER_IN_SANDBOX)
-            .args(args)
-            .env_clear()
-            .current_dir("/")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        spawn::join_and_drop_privileges(&mut cmd, &procs, identity);
-        let spawned = cmd.spawn();
+        let mut argv = self.bwrap_argv.clone();
+        for arg in args {
+            argv.push(c_string(arg.as_bytes().to_vec()).map_err(io_err("runner arguments"))?);
+        }
+        let started = process::start(&self.bwrap_path, &argv, &procs, identity);
         drop(procs);
-        let mut child = match spawned {
-            Ok(child) => child,
+        let started = match started {
+            Ok(started) => started,
             Err(source) => {
                 if let Some(cg) = cgroup {
                     cg.remove();
@@ -618,26 +633,23 @@ impl Inner {
                 });
             }
         };
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+        let stdout = BufReader::new(started.stdout);
         let stderr_tail = Arc::new(Mutex::new(Vec::new()));
-        if let Some(mut stderr) = child.stderr.take() {
-            let tail = stderr_tail.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                while let Ok(n @ 1..) = stderr.read(&mut buf).await {
-                    if let Ok(mut t) = tail.lock() {
-                        t.extend_from_slice(&buf[..n]);
-                        let excess = t.len().saturating_sub(STDERR_TAIL_BYTES);
-                        t.drain(..excess);
-                    }
+        let (tail, mut stderr) = (stderr_tail.clone(), started.stderr);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = stderr.read(&mut buf).await {
+                if let Ok(mut t) = tail.lock() {
+                    t.extend_from_slice(&buf[..n]);
+                    let excess = t.len().saturating_sub(STDERR_TAIL_BYTES);
+                    t.drain(..excess);
                 }
-            });
-        }
+            }
+        });
         Ok(LocalSandbox {
             slot,
-            child,
-            stdin,
+            child: started.process,
+            stdin: Some(started.stdin),
             stdout,
             stderr_tail,
             cgroup,
@@ -847,6 +859,11 @@ fn process_state(pid: u32) -> Option<char> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // "pid (comm) S ...": the state follows the last ')'.
     stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// `bytes` as a C string for exec.
+fn c_string(bytes: Vec<u8>) -> std::io::Result<CString> {
+    CString::new(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
 }
 
 /// The bwrap arguments of every sandbox, up to the command.

@@ -6,7 +6,7 @@ use pod_manager::pool::{LocalPool, WarmPool};
 use serde_json::Value;
 use warmpod_protocol::{JobResult, Status};
 
-use crate::helpers::{alive, job, test_config, unique_prefix, wait_until};
+use crate::helpers::{alive, descendants, job, test_config, unique_prefix, wait_until};
 
 async fn pool(size: &str) -> LocalPool {
     crate::helpers::init_logs();
@@ -33,6 +33,46 @@ async fn probe(pool: &LocalPool, source: &str) -> Value {
     let r = run_python(pool, source).await;
     assert_eq!(r.status, Status::Accepted, "probe failed: {r:?}");
     serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {:?}", r.stdout))
+}
+
+/// The host uid of process `pid` (all four of real, effective, saved, fs).
+fn host_uids(pid: u32) -> Vec<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace()
+        .skip(1)
+        .map(|u| u.parse().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn every_sandbox_process_is_in_its_cgroup_as_its_own_uid() {
+    assert!(nix::unistd::geteuid().is_root(), "this test needs root");
+    let pool = pool("2").await;
+    let (mut uids, mut held) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        let claimed = pool.claim(uuid::Uuid::new_v4()).await.unwrap();
+        let bwrap = claimed.sandbox.pid().expect("running");
+        let members = claimed.sandbox.cgroup_pids();
+        let processes: Vec<u32> = std::iter::once(bwrap).chain(descendants(bwrap)).collect();
+        assert!(processes.len() >= 2, "bwrap and the runner: {processes:?}");
+        for p in &processes {
+            assert!(members.contains(&(*p as i32)), "{p} not in {members:?}");
+            let ids = host_uids(*p);
+            assert!(
+                ids.iter().all(|u| *u == ids[0] && *u >= 62_000),
+                "{p}: {ids:?}"
+            );
+        }
+        uids.push(host_uids(bwrap)[0]);
+        // Held until the end, so the next claim gets another slot.
+        held.push(claimed.sandbox);
+    }
+    assert_ne!(uids[0], uids[1], "two sandboxes share a uid");
+    for sandbox in held {
+        pool.destroy(sandbox).await;
+    }
+    pool.shutdown().await;
 }
 
 #[tokio::test]
