@@ -8,6 +8,8 @@
 mod broker;
 mod fake_api;
 mod helpers;
+#[path = "../common/metrics.rs"]
+mod metrics;
 
 mod faults;
 mod janitor;

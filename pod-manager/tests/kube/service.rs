@@ -13,6 +13,7 @@ use warmpod_protocol::Status;
 use crate::broker::{TestBroker, amqp_url, unique_prefix};
 use crate::fake_api::{FakeApi, FakeOptions};
 use crate::helpers::{fake, job, language_config, language_pool, pool_with, python, wait_ready};
+use crate::metrics::metrics_text;
 
 /// A kubeconfig for the fake (plain HTTP, no credentials).
 fn kubeconfig(fake: &FakeApi, dir: &std::path::Path) -> std::path::PathBuf {
@@ -158,16 +159,4 @@ async fn claims_are_counted_by_kind_and_language_with_language_pools() {
     stop.cancel();
     running.await.unwrap().unwrap();
     broker.cleanup().await;
-}
-
-/// The service's `/metrics` text.
-async fn metrics_text(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
 }

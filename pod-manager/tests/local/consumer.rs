@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use warmpod_protocol::Status;
 
 use crate::helpers::{TestBroker, delivery_count_header, job, test_config, unique_prefix};
+use crate::metrics::metrics_text;
 
 const WITHIN: Duration = Duration::from_secs(90);
 
@@ -103,7 +104,7 @@ async fn n_jobs_give_n_correct_results_once_each() {
     ];
     let deadline = std::time::Instant::now() + WITHIN;
     loop {
-        let metrics = reqwest_metrics(app.metrics).await;
+        let metrics = metrics_text(app.metrics).await;
         let missing: Vec<_> = needles.iter().filter(|n| !metrics.contains(*n)).collect();
         if missing.is_empty() {
             break;
@@ -115,17 +116,6 @@ async fn n_jobs_give_n_correct_results_once_each() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     app.stop().await;
-}
-
-async fn reqwest_metrics(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,7 +234,7 @@ async fn a_silent_sandbox_is_time_limit_exceeded_without_a_retry() {
     let verdict = "warmpod_pod_manager_jobs_total{status=\"time_limit_exceeded\"} 1";
     let deadline = std::time::Instant::now() + WITHIN;
     let metrics = loop {
-        let metrics = reqwest_metrics(app.metrics).await;
+        let metrics = metrics_text(app.metrics).await;
         if metrics.contains(verdict) {
             break metrics;
         }

@@ -6,6 +6,8 @@ mod broker;
 mod cgroup;
 mod consumer;
 mod helpers;
+#[path = "../common/metrics.rs"]
+mod metrics;
 mod pool;
 mod resilience;
 mod sandbox;
