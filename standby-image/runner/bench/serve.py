@@ -24,29 +24,13 @@ import sys
 import tempfile
 import time
 
+from startup import p99, timed  # the same timing as the start-up bench
+
 PYTHON = "/usr/bin/python3"
 JOB = (
     '{"id":"00000000-0000-4000-8000-000000000001","language":"python",'
     '"files":[{"name":"","content":"print(\\"Hello, World!\\")"}]}\n'
 )
-
-
-def timed(argv, stdin_path):
-    """Wall time of one run of argv, in ms; fails on a non-zero exit."""
-    start = time.perf_counter()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.dup2(os.open(stdin_path, os.O_RDONLY), 0)
-            os.dup2(os.open("/dev/null", os.O_WRONLY), 1)
-            os.execve(argv[0], argv, {})
-        finally:
-            os._exit(127)
-    _, status = os.waitpid(pid, 0)
-    elapsed = (time.perf_counter() - start) * 1000
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"{argv} failed with {status}")
-    return elapsed
 
 
 def serving(runner, socket_path):
@@ -63,10 +47,6 @@ def serving(runner, socket_path):
         time.sleep(0.005)
     time.sleep(0.3)
     return server
-
-
-def p99(samples):
-    return statistics.quantiles(samples, n=100)[98]
 
 
 def main():
