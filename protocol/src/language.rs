@@ -13,7 +13,10 @@
 //! - `{memory_mb}`: the memory limit in MiB, for runtimes that cap their
 //!   own heap (see [`MemoryModel::RuntimeHeap`]);
 //! - `{bootstrap}`: (pre-start commands only) the runner's bootstrap code
-//!   for the language, which waits for the program on a private descriptor.
+//!   for the language, which waits for the program on a private descriptor;
+//! - `{bootstrap_file}`: (pre-start commands only) the path of a file
+//!   holding that code, for runtimes that read it from a file (Java's
+//!   source-file launcher).
 
 /// How a language's memory limit is enforced by the runner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,9 +59,11 @@ pub struct Language {
     pub oom_markers: &'static [&'static str],
     /// The command of an interpreter the runner may start before the job
     /// arrives (a pre-started runtime), for languages it supports this for.
-    /// The runner substitutes `{bootstrap}`; `{memory_mb}` takes the memory
-    /// limit the interpreter is started for (a job with another limit runs
-    /// on the cold path).
+    /// The runner substitutes `{bootstrap}` or `{bootstrap_file}`;
+    /// `{memory_mb}` takes the memory limit the interpreter is started for
+    /// (a job with another limit runs on the cold path). For Java it is the
+    /// program's JVM; the runner derives the compiler JVM's command from
+    /// `compile` (its `-J` options).
     pub prestart: Option<&'static [&'static str]>,
 }
 
@@ -181,7 +186,19 @@ pub static LANGUAGES: &[Language] = &[
             "java.lang.OutOfMemoryError: Metaspace",
             "java.lang.OutOfMemoryError: Requested array size exceeds VM limit",
         ],
-        prestart: None,
+        // The run command with the bootstrap (source-file mode) instead of
+        // the main class.
+        prestart: Some(&[
+            "/usr/bin/java",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            "-XX:-UsePerfData",
+            "-Xmx{memory_mb}m",
+            "-cp",
+            ".",
+            "{bootstrap_file}",
+            "run",
+        ]),
     },
     Language {
         key: "bash",

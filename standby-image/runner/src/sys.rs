@@ -23,8 +23,11 @@ pub struct ChildSetup {
     /// pre-started interpreter, which takes the job's with [`prlimit`]).
     pub rlimits: Option<[Rlimit; RLIMIT_COUNT]>,
     /// A descriptor to hand the program as fd 3 (a pre-started
-    /// interpreter's private program pipe).
+    /// interpreter's private program socket or pipe).
     pub program_fd: Option<i32>,
+    /// A descriptor to hand the program as fd 4 (a pre-started runtime's
+    /// "ready" pipe, when fd 3 is a pipe it reads from).
+    pub ready_fd: Option<i32>,
     /// `(uid, gid)` to switch to (only when the runner is root).
     pub ids: Option<(u32, u32)>,
     /// The runner's pid: a child whose parent is no longer this was
@@ -84,22 +87,36 @@ fn child_setup(setup: &ChildSetup) -> io::Result<()> {
         return Err(io::Error::from_raw_os_error(libc::ESRCH));
     }
     close_inherited_on_exec();
-    if let Some(fd) = setup.program_fd {
-        hand_over_as_fd_3(fd)?;
+    match (setup.program_fd, setup.ready_fd) {
+        (Some(program), Some(ready)) => {
+            // Out of the way first: one may be the other's target.
+            let (program, ready) = (dup_above(program)?, dup_above(ready)?);
+            hand_over_as(program, 3)?;
+            hand_over_as(ready, 4)
+        }
+        (Some(program), None) => hand_over_as(program, 3),
+        (None, _) => Ok(()),
     }
-    Ok(())
 }
 
-/// Makes `fd` the child's fd 3, kept open across exec.
-fn hand_over_as_fd_3(fd: i32) -> io::Result<()> {
-    const TARGET: i32 = 3;
-    if fd == TARGET {
+/// A close-on-exec copy of `fd` numbered above the handed-over ones.
+fn dup_above(fd: i32) -> io::Result<i32> {
+    // SAFETY: plain integer arguments.
+    let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 5) };
+    check(copy.into())?;
+    Ok(copy)
+}
+
+/// Makes `fd` the child's descriptor `target`, kept open across exec.
+fn hand_over_as(fd: i32, target: i32) -> io::Result<()> {
+    if fd == target {
         // dup2 onto itself would keep close-on-exec set.
         // SAFETY: plain integer arguments.
-        return check(unsafe { libc::fcntl(TARGET, libc::F_SETFD, 0) }.into());
+        return check(unsafe { libc::fcntl(target, libc::F_SETFD, 0) }.into());
     }
-    // SAFETY: plain integer arguments; the new fd 3 is not close-on-exec.
-    check(unsafe { libc::dup2(fd, TARGET) }.into())
+    // SAFETY: plain integer arguments; the new descriptor is not
+    // close-on-exec.
+    check(unsafe { libc::dup2(fd, target) }.into())
 }
 
 /// Applies `rlimits` to the running process `pid` (a pre-started
