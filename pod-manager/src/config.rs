@@ -40,7 +40,10 @@ pub const DEFAULT_SANDBOX_UID_BASE: u32 = 62_000;
 /// Default `WARMPOD_VERSIONS_INTERVAL_S`.
 pub const DEFAULT_VERSIONS_INTERVAL_S: u64 = 60;
 /// Default `WARMPOD_PRESTART_LANGUAGES`: languages whose interpreter may
-/// be pre-started in a sandbox, as the job mix asks.
+/// be pre-started in a sandbox, as the job mix asks. Not `java` (opt-in):
+/// its two warm JVMs cost two to three times a cold compile + run's CPU to start
+/// and ~220 MB per sandbox, too much for the default 2-core box's Java
+/// throughput (docs/operations.md).
 pub const DEFAULT_PRESTART_LANGUAGES: &str = "python";
 /// Default `WARMPOD_BWRAP`.
 pub const DEFAULT_BWRAP: &str = "/usr/bin/bwrap";
@@ -532,6 +535,12 @@ mod tests {
         assert!(none.local.prestart_languages.is_empty());
         let aliases = config(&[("WARMPOD_PRESTART_LANGUAGES", " py , python3 ")]).unwrap();
         assert_eq!(aliases.local.prestart_languages, ["python"]);
+        let java = config(&[("WARMPOD_PRESTART_LANGUAGES", "python,jdk")]).unwrap();
+        assert_eq!(java.local.prestart_languages, ["python", "java"]);
+        assert!(
+            config(&[("WARMPOD_PRESTART_LANGUAGES", "c")]).is_err(),
+            "C has no pre-start command"
+        );
     }
 
     #[test]
