@@ -42,7 +42,7 @@ clean: ## remove build output
 	$(CARGO) clean
 
 .PHONY: test-runner-prestart
-test-runner-prestart: ## the runner's whole test suite with Python jobs on pre-started interpreters (--prestart)
+test-runner-prestart: ## the runner's whole test suite with Python and Java jobs on pre-started runtimes (--prestart)
 	WARMPOD_RUNNER_TEST_PRESTART=1 scripts/with-test-cgroup.sh $(CARGO) nextest run -p warmpod-runner --profile ci --no-fail-fast
 
 RUNS ?= 300
