@@ -327,12 +327,3 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
         thread::sleep(Duration::from_millis(10));
     }
 }
-
-/// Whether the runner whose pid ends the name `name` (`warmpod-…-<pid>`)
-/// still runs (its files are then its own business).
-pub fn owner_alive(name: &str) -> bool {
-    name.rsplit('-')
-        .next()
-        .and_then(|pid| pid.parse::<u32>().ok())
-        .is_some_and(|pid| fs::metadata(format!("/proc/{pid}")).is_ok())
-}

@@ -323,19 +323,29 @@ mod java {
 
     #[test]
     fn a_job_with_another_memory_limit_runs_cold_and_the_jvms_are_gone() {
-        let result = job("java", "public class Main { public static void main(String[] a) { System.out.println(Runtime.getRuntime().maxMemory() <= 128L << 20); } }")
-            .limits(json!({ "memory_kb": 131072 }))
-            .run_prestarted();
+        // A private work root (open to the program uid, which reads the
+        // bootstrap file there): nothing may be left in it.
+        let root = tempfile::tempdir().expect("temp dir");
+        fs::set_permissions(
+            root.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("root opened");
+        let root_arg = root.path().to_str().expect("UTF-8").to_string();
+        let test_job = job("java", "public class Main { public static void main(String[] a) { System.out.println(Runtime.getRuntime().maxMemory() <= 128L << 20); } }")
+            .limits(json!({ "memory_kb": 131072 }));
+        let args = ["--prestart", "java", "--work-root", &root_arg];
+        let (status, stdout) = run_raw(&args, &test_job.line());
+        assert!(status.success());
+        let result: JobResult = serde_json::from_str(stdout.trim_end()).expect("a result line");
         assert_status(&result, Status::Accepted);
         assert_eq!(result.stdout, "true\n");
-        let left: Vec<_> = fs::read_dir("/tmp")
+        let left: Vec<_> = fs::read_dir(root.path())
             .expect("readable")
             .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("warmpod-boot-") || n.starts_with("warmpod-prestart-"))
-            .filter(|n| !crate::helpers::owner_alive(n))
             .collect();
         assert!(left.is_empty(), "left behind: {left:?}");
+        crate::helpers::assert_nothing_left(test_job.id);
     }
 }
 
