@@ -557,7 +557,7 @@ mod tests {
             ("WARMPOD_CGROUPS", "yes"),
             ("AMQP_URL", "http://x"),
             ("WARMPOD_PRESTART_LANGUAGES", "cobol"),
-            ("WARMPOD_PRESTART_LANGUAGES", "python,java"),
+            ("WARMPOD_PRESTART_LANGUAGES", "python,bash"),
         ];
         for (var, value) in cases {
             let err = config(&[(var, value)]).unwrap_err();
