@@ -42,7 +42,7 @@ clean: ## remove build output
 	$(CARGO) clean
 
 .PHONY: test-runner-prestart
-test-runner-prestart: ## the runner's whole test suite with Python and Java jobs on pre-started runtimes (--prestart)
+test-runner-prestart: ## the runner's whole test suite with Python, JavaScript and Java jobs on pre-started runtimes (--prestart)
 	WARMPOD_RUNNER_TEST_PRESTART=1 scripts/with-test-cgroup.sh $(CARGO) nextest run -p warmpod-runner --profile ci --no-fail-fast
 
 RUNS ?= 300
@@ -94,18 +94,22 @@ minikube-up: ## start minikube (Calico enforces NetworkPolicy), build the images
 	$(KUBECTL) apply -k k8s-config
 	$(ROLLOUT) statefulset/rabbitmq
 	$(ROLLOUT) deployment/warmpod-standby
+	$(ROLLOUT) deployment/warmpod-standby-python
+	$(ROLLOUT) deployment/warmpod-standby-javascript
 	$(ROLLOUT) deployment/pod-manager
 	$(ROLLOUT) deployment/api-server
 
 deploy: images ## rebuild the images and roll the new ones out to the running cluster
 	$(KUBECTL) apply -k k8s-config
-	$(KUBECTL) -n $(NAMESPACE) rollout restart deployment/warmpod-standby deployment/pod-manager deployment/api-server
+	$(KUBECTL) -n $(NAMESPACE) rollout restart deployment/warmpod-standby deployment/warmpod-standby-python deployment/warmpod-standby-javascript deployment/pod-manager deployment/api-server
 	$(ROLLOUT) deployment/warmpod-standby
+	$(ROLLOUT) deployment/warmpod-standby-python
+	$(ROLLOUT) deployment/warmpod-standby-javascript
 	$(ROLLOUT) deployment/pod-manager
 	$(ROLLOUT) deployment/api-server
 
-watch: ## watch standby pods being claimed, run and replaced
-	$(KUBECTL) get pods -n $(NAMESPACE) -l app.kubernetes.io/name=warmpod-standby -w -L warmpod.io/state,warmpod.io/job
+watch: ## watch standby pods (generic and per language) being claimed, run and replaced
+	$(KUBECTL) get pods -n $(NAMESPACE) -l app.kubernetes.io/name=warmpod-standby -w -L warmpod.io/language,warmpod.io/state,warmpod.io/job
 
 minikube-down: ## delete warmpod from the cluster and stop minikube (`minikube delete` wipes it)
 	-$(KUBECTL) delete -k k8s-config --ignore-not-found --wait=false

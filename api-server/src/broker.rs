@@ -10,6 +10,13 @@
 //! replica is gone), consumes the webhook queue competitively, and
 //! reconnects with backoff when the broker goes away. Readiness is true
 //! only while all of that runs.
+//!
+//! A job with a client waiting for it is published with `reply_to` set to
+//! RabbitMQ's direct reply-to, consumed on the publisher channel itself: the
+//! pod-manager sends the final event there too (transient, unconfirmed),
+//! which skips the events queue. Whichever copy arrives first settles the
+//! job in the state store; the durable event remains the one every replica
+//! gets (`warmpod_protocol::queue`, "The fast reply").
 
 use std::{
     sync::{
@@ -103,14 +110,17 @@ impl Broker {
     }
 
     /// Publishes a job, persistent, on the jobs queue and waits for the
-    /// broker's confirm.
+    /// broker's confirm. With `reply`, the message asks for a fast reply
+    /// (`reply_to` = direct reply-to of the publisher channel): use it when a
+    /// client waits for the result.
     ///
     /// # Errors
     /// [`PublishError::Rejected`] when the queue is full,
     /// [`PublishError::Unavailable`] otherwise.
-    pub async fn publish_job(&self, message: &JobMessage) -> Result<(), PublishError> {
+    pub async fn publish_job(&self, message: &JobMessage, reply: bool) -> Result<(), PublishError> {
         let queue = self.shared.topology.jobs_queue.clone();
-        self.publish("", &queue, message, &message.job.id.to_string())
+        let reply_to = reply.then_some(queue::DIRECT_REPLY_TO);
+        self.publish("", &queue, message, &message.job.id.to_string(), reply_to)
             .await
     }
 
@@ -125,6 +135,7 @@ impl Broker {
             &event.routing_key(),
             event,
             &event.id.to_string(),
+            None,
         )
         .await
     }
@@ -135,6 +146,7 @@ impl Broker {
         routing_key: &str,
         body: &impl Serialize,
         message_id: &str,
+        reply_to: Option<&str>,
     ) -> Result<(), PublishError> {
         let channel = self
             .shared
@@ -149,10 +161,13 @@ impl Broker {
         let payload = serde_json::to_vec(body)
             .context("serialising a message")
             .map_err(PublishError::Unavailable)?;
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
             .with_message_id(message_id.into());
+        if let Some(reply_to) = reply_to {
+            properties = properties.with_reply_to(reply_to.into());
+        }
         let options = BasicPublishOptions {
             mandatory: true,
             ..BasicPublishOptions::default()
@@ -261,12 +276,15 @@ impl Supervisor {
             publisher
                 .confirm_select(ConfirmSelectOptions::default())
                 .await?;
+            // Before any publish with `reply_to`: the broker refuses (and
+            // closes the channel) one from a channel without this consumer.
+            let replies = consume_replies(&publisher).await?;
             let events =
                 consume_events(&connection, topology, &self.broker.shared.events_queue).await?;
             let callbacks = consume_callbacks(&connection, topology).await?;
-            Ok::<_, lapin::Error>((publisher, events, callbacks))
+            Ok::<_, lapin::Error>((publisher, replies, events, callbacks))
         };
-        let (publisher, events, callbacks) = match setup.await {
+        let (publisher, replies, events, callbacks) = match setup.await {
             Ok(parts) => parts,
             Err(e) if is_precondition_failed(&e) => {
                 return SessionEnd::Fatal(anyhow::Error::new(e).context(
@@ -289,6 +307,7 @@ impl Supervisor {
         info!("connected to RabbitMQ; consuming events and callbacks");
         let end = tokio::select! {
             e = self.run_events(events) => e,
+            e = self.run_replies(replies) => e,
             e = self.run_callbacks(callbacks) => e,
             e = watch_channel(&publisher) => e,
         };
@@ -315,7 +334,12 @@ impl Supervisor {
             match serde_json::from_slice::<JobEvent>(&delivery.data) {
                 Ok(event) => {
                     debug!(id = %event.id, status = %event.status, "event");
-                    self.state.apply(&event);
+                    let is_final = event.status.is_final();
+                    self.state.apply_noting(&event, |_| {
+                        if is_final {
+                            self.metrics.final_seen("event");
+                        }
+                    });
                 }
                 Err(e) => {
                     warn!(error = %e, routing_key = %delivery.routing_key, "ignoring a malformed job event")
@@ -323,6 +347,29 @@ impl Supervisor {
             }
         }
         anyhow::anyhow!("the events consumer was cancelled")
+    }
+
+    /// Applies fast replies: final events sent straight to this channel.
+    /// Only final events are taken (a fast reply is never anything else),
+    /// and applying one is idempotent with the durable copy that follows.
+    async fn run_replies(&self, mut consumer: lapin::Consumer) -> anyhow::Error {
+        while let Some(delivery) = consumer.next().await {
+            let delivery = match delivery {
+                Ok(d) => d,
+                Err(e) => return anyhow::Error::new(e).context("fast replies consumer"),
+            };
+            match serde_json::from_slice::<JobEvent>(&delivery.data) {
+                Ok(event) if event.status.is_final() => {
+                    self.state
+                        .apply_noting(&event, |_| self.metrics.final_seen("reply"));
+                }
+                Ok(event) => {
+                    warn!(id = %event.id, status = %event.status, "ignoring a fast reply that is not final")
+                }
+                Err(e) => warn!(error = %e, "ignoring a malformed fast reply"),
+            }
+        }
+        anyhow::anyhow!("the fast replies consumer was cancelled")
     }
 
     async fn run_callbacks(&self, mut consumer: lapin::Consumer) -> anyhow::Error {
@@ -503,6 +550,23 @@ async fn consume_events(
         FieldTable::default(),
     )
     .await
+}
+
+/// The direct reply-to consumer, on the channel that publishes the jobs
+/// (no-ack, as RabbitMQ requires).
+async fn consume_replies(publisher: &Channel) -> lapin::Result<lapin::Consumer> {
+    let options = BasicConsumeOptions {
+        no_ack: true,
+        ..BasicConsumeOptions::default()
+    };
+    publisher
+        .basic_consume(
+            queue::DIRECT_REPLY_TO.into(),
+            "api-server-replies".into(),
+            options,
+            FieldTable::default(),
+        )
+        .await
 }
 
 async fn consume_callbacks(

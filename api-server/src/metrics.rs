@@ -9,6 +9,10 @@ pub struct Metrics {
     pub submissions: IntCounterVec,
     /// Events read from the events exchange.
     pub events_consumed: prometheus::IntCounter,
+    /// Final states learnt, by the copy that brought them first: `event`
+    /// (this replica's events queue) or `reply` (a fast reply to a job it
+    /// published for a waiting client).
+    pub finals: IntCounterVec,
     /// Webhook deliveries by outcome (`delivered`, `failed`, `refused`).
     pub callbacks: IntCounterVec,
     /// 1 while connected to RabbitMQ with consumers running.
@@ -35,6 +39,14 @@ impl Default for Metrics {
         let events_consumed = prometheus::IntCounter::new(
             "warmpod_api_events_consumed_total",
             "Events read from the events exchange",
+        )
+        .expect("valid metric");
+        let finals = IntCounterVec::new(
+            Opts::new(
+                "warmpod_api_final_results_total",
+                "Final states learnt, by the copy that arrived first (event, reply)",
+            ),
+            &["via"],
         )
         .expect("valid metric");
         let callbacks = IntCounterVec::new(
@@ -76,6 +88,7 @@ impl Default for Metrics {
         for c in [
             Box::new(submissions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(events_consumed.clone()),
+            Box::new(finals.clone()),
             Box::new(callbacks.clone()),
             Box::new(broker_ready.clone()),
             Box::new(stored_jobs.clone()),
@@ -88,6 +101,7 @@ impl Default for Metrics {
             registry,
             submissions,
             events_consumed,
+            finals,
             callbacks,
             broker_ready,
             stored_jobs,
@@ -101,6 +115,11 @@ impl Metrics {
     /// Counts one submission.
     pub fn submitted(&self, api: &str, outcome: &str) {
         self.submissions.with_label_values(&[api, outcome]).inc();
+    }
+
+    /// Counts a final state this replica learnt first `via` one copy.
+    pub fn final_seen(&self, via: &str) {
+        self.finals.with_label_values(&[via]).inc();
     }
 
     /// Counts one answered HTTP request.

@@ -208,7 +208,7 @@ impl StateStore {
 
     /// Records a job this replica accepted, before it is published.
     pub fn insert_submitted(&self, event: &JobEvent, submission: SubmissionInfo) {
-        self.apply_with(event, Some(Arc::new(submission)));
+        self.apply_with(event, Some(Arc::new(submission)), |_| {});
     }
 
     /// Forgets a job whose publish failed (only if nothing else was heard).
@@ -225,10 +225,23 @@ impl StateStore {
 
     /// Applies an event from the exchange; publishes the change, if any.
     pub fn apply(&self, event: &JobEvent) {
-        self.apply_with(event, None);
+        self.apply_with(event, None, |_| {});
     }
 
-    fn apply_with(&self, event: &JobEvent, submission: Option<Arc<SubmissionInfo>>) {
+    /// As [`StateStore::apply`], calling `changed` with the new state
+    /// before the change feed hears of it (so whatever it records is
+    /// visible to anyone woken by the feed). A final event changes the
+    /// state once: the first time it arrives, by whichever copy.
+    pub fn apply_noting(&self, event: &JobEvent, changed: impl FnOnce(&Execution)) {
+        self.apply_with(event, None, changed);
+    }
+
+    fn apply_with(
+        &self,
+        event: &JobEvent,
+        submission: Option<Arc<SubmissionInfo>>,
+        noted: impl FnOnce(&Execution),
+    ) {
         let now = Instant::now();
         let changed = {
             let mut inner = self.lock();
@@ -268,6 +281,7 @@ impl StateStore {
             changed
         };
         if let Some(execution) = changed {
+            noted(&execution);
             // No receivers is fine: nobody is waiting.
             let _ = self.changes.send(Arc::new(execution));
         }

@@ -71,6 +71,15 @@ pub struct Submission {
     pub api: Api,
 }
 
+/// How the submitting replica learns a job's final state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    /// From the events exchange, like every replica.
+    Event,
+    /// Also from a fast reply straight to this replica (a client waits).
+    Direct,
+}
+
 /// The submission core, shared by every route; cheap to clone.
 #[derive(Clone)]
 pub struct Core {
@@ -197,22 +206,45 @@ impl Core {
     /// Validation errors; 429 when the queue is full; 503 when the broker
     /// is unavailable.
     pub async fn submit(&self, s: Submission) -> Result<Uuid, ApiError> {
+        self.submit_with(s, Reply::Event).await
+    }
+
+    /// As [`Core::submit`], for a caller about to [`Core::wait_final`]: the
+    /// job asks the pod-manager for a fast reply to this replica besides
+    /// the final event (whichever arrives first settles the wait).
+    ///
+    /// # Errors
+    /// As [`Core::submit`].
+    pub async fn submit_waiting(&self, s: Submission) -> Result<Uuid, ApiError> {
+        self.submit_with(s, Reply::Direct).await
+    }
+
+    async fn submit_with(&self, s: Submission, reply: Reply) -> Result<Uuid, ApiError> {
         let api = s.api.as_str();
         let (message, info) = self
             .validate(s)
             .inspect_err(|_| self.metrics.submitted(api, "rejected"))?;
-        self.publish(message, info).await
+        self.publish_with(message, info, reply).await
     }
 
     /// Publishes a validated job (see [`Core::submit`]).
     ///
     /// # Errors
     /// 429 when the queue is full; 503 when the broker is unavailable.
-    #[tracing::instrument(name = "submit", skip_all, fields(id = %message.job.id, language = %message.job.language))]
     pub async fn publish(
         &self,
         message: JobMessage,
         info: SubmissionInfo,
+    ) -> Result<Uuid, ApiError> {
+        self.publish_with(message, info, Reply::Event).await
+    }
+
+    #[tracing::instrument(name = "submit", skip_all, fields(id = %message.job.id, language = %message.job.language))]
+    async fn publish_with(
+        &self,
+        message: JobMessage,
+        info: SubmissionInfo,
+        reply: Reply,
     ) -> Result<Uuid, ApiError> {
         let id = message.job.id;
         let api = message.meta.api.clone().unwrap_or_default();
@@ -225,7 +257,11 @@ impl Core {
         };
         // Recorded first, so a fast `running` event finds the job.
         self.state.insert_submitted(&queued, info);
-        if let Err(e) = self.broker.publish_job(&message).await {
+        if let Err(e) = self
+            .broker
+            .publish_job(&message, reply == Reply::Direct)
+            .await
+        {
             self.state.remove_unpublished(id);
             return Err(match e {
                 PublishError::Rejected => {
@@ -242,10 +278,14 @@ impl Core {
         }
         self.metrics.submitted(&api, "accepted");
         self.metrics.stored_jobs.set(self.state.len() as i64);
-        // The job is safe in the queue; the event only tells other replicas.
-        if let Err(e) = self.broker.publish_event(&queued).await {
-            tracing::warn!(%id, error = %e, "publishing the queued event failed; other replicas learn of the job when it runs");
-        }
+        // The job is safe in the queue; the event only tells other replicas,
+        // so the client does not wait for its confirm.
+        let broker = self.broker.clone();
+        tokio::spawn(async move {
+            if let Err(e) = broker.publish_event(&queued).await {
+                tracing::warn!(%id, error = %e, "publishing the queued event failed; other replicas learn of the job when it runs");
+            }
+        });
         Ok(id)
     }
 

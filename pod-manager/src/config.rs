@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::pool::kube::{KubeConfig, ScalePolicy};
+use crate::pool::kube::{KubeConfig, LanguagePool, ScalePolicy};
 use warmpod_protocol::queue::{
     DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, JOBS_QUEUE, JOBS_QUEUE_MAX_LENGTH,
 };
@@ -44,7 +44,7 @@ pub const DEFAULT_VERSIONS_INTERVAL_S: u64 = 60;
 /// its two warm JVMs cost two to three times a cold compile + run's CPU to start
 /// and ~220 MB per sandbox, too much for the default 2-core box's Java
 /// throughput (docs/operations.md).
-pub const DEFAULT_PRESTART_LANGUAGES: &str = "python";
+pub const DEFAULT_PRESTART_LANGUAGES: &str = "python,javascript";
 /// Default `WARMPOD_BWRAP`.
 pub const DEFAULT_BWRAP: &str = "/usr/bin/bwrap";
 
@@ -447,12 +447,21 @@ fn kube_config(
             ),
         ));
     }
+    let runner = text("WARMPOD_KUBE_RUNNER", &d.runner_command[0]);
     Ok(KubeConfig {
         namespace: text("WARMPOD_KUBE_NAMESPACE", &d.namespace),
         pool: text("WARMPOD_KUBE_POOL", &d.pool),
         deployment: text("WARMPOD_KUBE_DEPLOYMENT", &d.deployment),
         container: text("WARMPOD_KUBE_CONTAINER", &d.container),
-        runner_command: vec![text("WARMPOD_KUBE_RUNNER", &d.runner_command[0])],
+        runner_command: vec![runner.clone()],
+        languages: kube_language_pools(
+            get("WARMPOD_KUBE_LANGUAGE_POOLS").as_deref(),
+            &text("WARMPOD_KUBE_DEPLOYMENT", &d.deployment),
+        )?,
+        relay_command: relay_command(
+            runner,
+            text("WARMPOD_KUBE_SERVE_SOCKET", &d.relay_command[2]),
+        )?,
         manager: get("WARMPOD_POD_NAME")
             .or_else(|| get("HOSTNAME"))
             .map_or_else(|| d.manager.clone(), |v| v.trim().to_string()),
@@ -466,6 +475,69 @@ fn kube_config(
         scale,
         autoscale,
     })
+}
+
+/// Parses `WARMPOD_KUBE_LANGUAGE_POOLS`: `<language>=<deployment>,…`
+/// (unset, empty or `none`: no language pools). Each language must be
+/// pre-startable, each named once; each Deployment a valid name, distinct
+/// from the others and from the generic one (`generic`).
+fn kube_language_pools(raw: Option<&str>, generic: &str) -> Result<Vec<LanguagePool>, ConfigError> {
+    let var = "WARMPOD_KUBE_LANGUAGE_POOLS";
+    let raw = raw.unwrap_or("").trim();
+    if raw.is_empty() || raw.eq_ignore_ascii_case("none") {
+        return Ok(Vec::new());
+    }
+    let mut pools: Vec<LanguagePool> = Vec::new();
+    for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let fail = |why: String| bad(var, raw, &why);
+        let (name, deployment) = entry
+            .split_once('=')
+            .map(|(n, d)| (n.trim(), d.trim()))
+            .ok_or_else(|| fail(format!("{entry:?}: expected <language>=<deployment>")))?;
+        let language = warmpod_protocol::Language::find(name)
+            .ok_or_else(|| fail(format!("unknown language {name:?}")))?;
+        if language.prestart.is_none() {
+            return Err(fail(format!("{} cannot be pre-started", language.key)));
+        }
+        if !is_dns_label(deployment) {
+            return Err(fail(format!(
+                "{deployment:?} is not a Deployment name (lowercase letters, digits and '-', at most 63)"
+            )));
+        }
+        if deployment == generic || pools.iter().any(|p| p.deployment == deployment) {
+            return Err(fail(format!("Deployment {deployment:?} is used twice")));
+        }
+        if pools.iter().any(|p| p.language == language.key) {
+            return Err(fail(format!("{} has two pools", language.key)));
+        }
+        pools.push(LanguagePool {
+            language: language.key,
+            deployment: deployment.to_owned(),
+        });
+    }
+    Ok(pools)
+}
+
+/// Whether `s` is an RFC 1123 label (a valid Deployment name here).
+fn is_dns_label(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// The relay command of specialised pods: the runner with `--relay` and
+/// `WARMPOD_KUBE_SERVE_SOCKET` (an absolute path).
+fn relay_command(runner: String, socket: String) -> Result<Vec<String>, ConfigError> {
+    if !socket.starts_with('/') {
+        return Err(bad(
+            "WARMPOD_KUBE_SERVE_SOCKET",
+            &socket,
+            "expected an absolute path",
+        ));
+    }
+    Ok(vec![runner, "--relay".into(), socket])
 }
 
 fn parse<T: std::str::FromStr>(
@@ -530,11 +602,16 @@ mod tests {
 
     #[test]
     fn prestart_languages_default_and_parse() {
-        assert_eq!(config(&[]).unwrap().local.prestart_languages, ["python"]);
+        assert_eq!(
+            config(&[]).unwrap().local.prestart_languages,
+            ["python", "javascript"]
+        );
         let none = config(&[("WARMPOD_PRESTART_LANGUAGES", "none")]).unwrap();
         assert!(none.local.prestart_languages.is_empty());
         let aliases = config(&[("WARMPOD_PRESTART_LANGUAGES", " py , python3 ")]).unwrap();
         assert_eq!(aliases.local.prestart_languages, ["python"]);
+        let node = config(&[("WARMPOD_PRESTART_LANGUAGES", "node")]).unwrap();
+        assert_eq!(node.local.prestart_languages, ["javascript"]);
         let java = config(&[("WARMPOD_PRESTART_LANGUAGES", "python,jdk")]).unwrap();
         assert_eq!(java.local.prestart_languages, ["python", "java"]);
         assert!(
@@ -608,6 +685,44 @@ mod tests {
         for (vars, var) in bad {
             assert_eq!(config(&vars).unwrap_err().var, var, "{vars:?}");
         }
+    }
+
+    #[test]
+    fn kube_language_pools_are_parsed_and_checked() {
+        let c = config(&[("WARMPOD_KUBE_LANGUAGE_POOLS", " python = standby-python ")]).unwrap();
+        assert_eq!(
+            c.kube.languages,
+            [LanguagePool {
+                language: "python",
+                deployment: "standby-python".into()
+            }]
+        );
+        assert_eq!(
+            c.kube.relay_command,
+            [
+                "/usr/local/bin/warmpod-runner",
+                "--relay",
+                "/tmp/warmpod-serve.sock"
+            ]
+        );
+        for raw in ["", "none"] {
+            let c = config(&[("WARMPOD_KUBE_LANGUAGE_POOLS", raw)]).unwrap();
+            assert!(c.kube.languages.is_empty(), "{raw:?}");
+        }
+        let cases = [
+            ("python", "no deployment"),
+            ("cobol=x", "unknown language"),
+            ("c=standby-c", "not pre-startable"),
+            ("python=Standby_Python", "not a Deployment name"),
+            ("python=warmpod-standby", "the generic Deployment"),
+            ("python=a,py=b", "a language twice"),
+        ];
+        for (raw, why) in cases {
+            let err = config(&[("WARMPOD_KUBE_LANGUAGE_POOLS", raw)]).unwrap_err();
+            assert_eq!(err.var, "WARMPOD_KUBE_LANGUAGE_POOLS", "{why}");
+        }
+        let err = config(&[("WARMPOD_KUBE_SERVE_SOCKET", "relative.sock")]).unwrap_err();
+        assert_eq!(err.var, "WARMPOD_KUBE_SERVE_SOCKET");
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //!
 //! Per delivery ([`handle`]): parse (malformed: dead-letter), check the
 //! attempt count (too many: answer `internal_error`, dead-letter), publish
-//! `running` while claiming, run (an infrastructure failure is retried once
-//! on a fresh sandbox), publish the final event with timings, ack, destroy.
+//! `running` while claiming (its confirm is awaited in the background), run
+//! (an infrastructure failure is retried once on a fresh sandbox), publish
+//! the final event with timings (and the fast reply, when the message's
+//! `reply_to` asks for one), ack once the event is confirmed, destroy.
 //! Every failure goes through [`error_policy`].
 //!
 //! Connection losses are survived: the loop reconnects with back-off while
@@ -323,6 +325,7 @@ async fn process<P: WarmPool>(ctx: &Context<P>, delivery: &Delivery) -> Result<(
         serde_json::from_slice(&delivery.data).map_err(|e| JobError::Malformed(e.to_string()))?;
     let id = msg.job.id;
     let attempts = delivery_count(&delivery.properties);
+    let reply_to = delivery.properties.reply_to().as_ref().map(|s| s.as_str());
     let span = tracing::Span::current();
     span.record("job_id", tracing::field::display(id));
     span.record("attempt", attempts + 1);
@@ -341,7 +344,7 @@ async fn process<P: WarmPool>(ctx: &Context<P>, delivery: &Delivery) -> Result<(
                 return Err(JobError::NotStarted);
             };
             if !outcome.confirmed {
-                publish_final(ctx, &outcome.event).await?;
+                publish_final(ctx, &outcome.event, reply_to).await?;
                 ctx.ledger.confirm(id);
             }
             return Ok(());
@@ -356,7 +359,7 @@ async fn process<P: WarmPool>(ctx: &Context<P>, delivery: &Delivery) -> Result<(
             ),
         );
         let event = final_event(&msg, result);
-        publish_final(ctx, &event).await?;
+        publish_final(ctx, &event, reply_to).await?;
         slot.finish(event, true);
         ctx.metrics.finished(Status::InternalError);
         return Err(JobError::GaveUp(attempts));
@@ -370,7 +373,7 @@ async fn process<P: WarmPool>(ctx: &Context<P>, delivery: &Delivery) -> Result<(
     result.queue_ms = Some(queue_ms);
     let event = final_event(&msg, result);
     let status = event.status;
-    if let Err(e) = publish_final(ctx, &event).await {
+    if let Err(e) = publish_final(ctx, &event, reply_to).await {
         slot.finish(event, false);
         return Err(e);
     }
@@ -383,8 +386,11 @@ async fn process<P: WarmPool>(ctx: &Context<P>, delivery: &Delivery) -> Result<(
     Ok(())
 }
 
-/// Claims and runs, publishing `running` meanwhile (off the critical path;
-/// awaited before returning, so the final event always follows it).
+/// Claims and runs, publishing `running` meanwhile (off the critical path).
+/// Before returning it waits until `running` is handed to the broker, so the
+/// final event, published later on the same channel, is routed after it;
+/// `running` is informational, so its confirm is only awaited (and a
+/// failure logged) in the background.
 async fn run_job<P: WarmPool>(ctx: &Context<P>, msg: &JobMessage) -> Result<JobResult, JobError> {
     let running = JobEvent {
         id: msg.job.id,
@@ -394,16 +400,24 @@ async fn run_job<P: WarmPool>(ctx: &Context<P>, msg: &JobMessage) -> Result<JobR
         result: None,
     };
     let publisher = ctx.publisher.borrow().clone();
-    let running_published = tokio::spawn(async move {
+    let running_sent = tokio::spawn(async move {
         match publisher {
-            Some(p) => p.event(&running).await,
-            None => Ok(()),
+            Some(p) => p.send_event(&running).await.map(Some),
+            None => Ok(None),
         }
     });
     let outcome = claim_and_run(ctx, &msg.job).await;
-    match running_published.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "the running event was not confirmed"),
+    match running_sent.await {
+        Ok(Ok(Some(sent))) => {
+            let confirmed = async move {
+                if let Err(e) = sent.confirmed().await {
+                    tracing::warn!(error = %e, "the running event was not confirmed");
+                }
+            };
+            tokio::spawn(confirmed.in_current_span());
+        }
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "publishing the running event failed"),
         Err(e) => tracing::warn!(error = %e, "publishing the running event failed"),
     }
     outcome
@@ -498,16 +512,21 @@ fn final_event(msg: &JobMessage, mut result: JobResult) -> JobEvent {
     }
 }
 
-/// Publishes a final event, waiting through reconnects for up to
-/// [`PUBLISH_PATIENCE`].
-async fn publish_final<P: WarmPool>(ctx: &Context<P>, event: &JobEvent) -> Result<(), JobError> {
+/// Publishes a final event (and its fast reply to `reply_to`, if any),
+/// waiting through reconnects for up to [`PUBLISH_PATIENCE`] for the
+/// event's confirm.
+async fn publish_final<P: WarmPool>(
+    ctx: &Context<P>,
+    event: &JobEvent,
+    reply_to: Option<&str>,
+) -> Result<(), JobError> {
     let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
     let mut rx = ctx.publisher.clone();
     let mut last_err = None;
     loop {
         let current = rx.borrow_and_update().clone();
         if let Some(publisher) = current {
-            match publisher.event(event).await {
+            match publisher.final_event(event, reply_to).await {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     tracing::warn!(error = %e, "publishing the final event failed; waiting for a new connection");

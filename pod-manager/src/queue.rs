@@ -1,7 +1,9 @@
 //! RabbitMQ: the connection, the topology (declared exactly as
 //! `warmpod_protocol::queue` specifies, so the api-server's declarations
-//! match), and the confirming event [`Publisher`].
+//! match), and the confirming event [`Publisher`], which also sends the
+//! unconfirmed fast replies (`warmpod_protocol::queue`, "The fast reply").
 
+use lapin::PublisherConfirm;
 use lapin::options::{
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions,
@@ -9,7 +11,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use warmpod_protocol::queue::{
-    DELIVERY_COUNT_HEADER, JOBS_QUEUE_DELIVERY_LIMIT, RUNTIME_VERSIONS_ROUTING_KEY,
+    DELIVERY_COUNT_HEADER, DIRECT_REPLY_TO, JOBS_QUEUE_DELIVERY_LIMIT, RUNTIME_VERSIONS_ROUTING_KEY,
 };
 use warmpod_protocol::{JobEvent, RuntimeVersions};
 
@@ -39,7 +41,7 @@ fn amqp(context: &'static str) -> impl FnOnce(lapin::Error) -> Error {
     move |source| Error::Amqp { context, source }
 }
 
-/// An open connection with the two channels the pod-manager uses.
+/// An open connection with the channels the pod-manager uses.
 pub struct Broker {
     /// The connection (closed on shutdown).
     pub connection: Connection,
@@ -78,11 +80,16 @@ impl Broker {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(amqp("enabling publisher confirms"))?;
+        let replies = connection
+            .create_channel()
+            .await
+            .map_err(amqp("opening the fast replies channel"))?;
         Ok(Self {
             connection,
             consume,
             publisher: Publisher {
                 channel,
+                replies,
                 exchange: config.queues.events.clone(),
             },
         })
@@ -199,18 +206,56 @@ pub fn delivery_count(properties: &BasicProperties) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
+/// Whether `reply_to` is a direct reply-to address (what the broker makes
+/// of [`DIRECT_REPLY_TO`]); nothing else gets a fast reply, so a job
+/// message cannot make the pod-manager publish into an ordinary queue.
+pub fn is_direct_reply_address(reply_to: &str) -> bool {
+    reply_to
+        .strip_prefix(DIRECT_REPLY_TO)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .is_some_and(|key| !key.is_empty())
+}
+
 /// Publishes on the events exchange through one confirm-mode channel and
-/// waits for the broker's confirmation of each message.
+/// waits for the broker's confirmation of each message; fast replies go
+/// through a second channel without confirms.
 #[derive(Clone)]
 pub struct Publisher {
     channel: Channel,
+    /// Fast replies: transient, never confirmed, so a lost one costs
+    /// nothing but the shortcut.
+    replies: Channel,
     exchange: String,
 }
 
+/// An event handed to the broker whose confirm has not been awaited yet.
+pub struct Sent {
+    confirm: PublisherConfirm,
+    what: &'static str,
+}
+
+impl Sent {
+    /// Waits for the broker's confirm.
+    ///
+    /// # Errors
+    /// The channel is gone or the broker nacked the message.
+    pub async fn confirmed(self) -> Result<()> {
+        let confirm = self
+            .confirm
+            .await
+            .map_err(amqp("waiting for the publish confirm"))?;
+        if confirm.is_ack() {
+            Ok(())
+        } else {
+            Err(Error::Nacked(self.what))
+        }
+    }
+}
+
 impl Publisher {
-    /// Whether the publish channel is still open.
+    /// Whether the publish channels are still open.
     pub fn is_open(&self) -> bool {
-        self.channel.status().connected()
+        self.channel.status().connected() && self.replies.status().connected()
     }
 
     /// Publishes `event` (persistent, routing key from the event) and waits
@@ -219,10 +264,65 @@ impl Publisher {
     /// # Errors
     /// The channel is gone or the broker nacked the message.
     pub async fn event(&self, event: &JobEvent) -> Result<()> {
+        self.send_event(event).await?.confirmed().await
+    }
+
+    /// Hands `event` to the broker without waiting for its confirm. Events
+    /// published later on this publisher are routed after it.
+    ///
+    /// # Errors
+    /// The channel is gone.
+    pub async fn send_event(&self, event: &JobEvent) -> Result<Sent> {
         let body = serde_json::to_vec(event).expect("events always serialize");
+        self.send_event_body(event, &body).await
+    }
+
+    async fn send_event_body(&self, event: &JobEvent, body: &[u8]) -> Result<Sent> {
         let props = BasicProperties::default().with_message_id(event.id.to_string().into());
-        self.publish(&event.routing_key(), &body, props, "event")
+        self.send(&event.routing_key(), body, props, "event").await
+    }
+
+    /// Publishes a final event and, when the job asked for one (`reply_to`
+    /// a direct reply-to address), its fast reply right after it; waits for
+    /// the event's confirm only. A fast reply that cannot be sent is logged
+    /// and forgotten: the event is what counts.
+    ///
+    /// # Errors
+    /// As [`Publisher::event`].
+    pub async fn final_event(&self, event: &JobEvent, reply_to: Option<&str>) -> Result<()> {
+        let body = serde_json::to_vec(event).expect("events always serialize");
+        let reply_to = reply_to.filter(|to| is_direct_reply_address(to));
+        // Polled together, so both are handed to the connection at once, the
+        // event first.
+        let (sent, replied) = futures::join!(self.send_event_body(event, &body), async {
+            match reply_to {
+                Some(to) => Some(self.reply(to, &body).await),
+                None => None,
+            }
+        });
+        if let Some(Err(e)) = replied {
+            tracing::debug!(error = %e, "the fast reply was not sent; the final event answers");
+        }
+        sent?.confirmed().await
+    }
+
+    /// Publishes a fast reply: default exchange, transient, not mandatory,
+    /// not confirmed.
+    async fn reply(&self, to: &str, body: &[u8]) -> Result<()> {
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(1);
+        self.replies
+            .basic_publish(
+                "".into(),
+                to.into(),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
             .await
+            .map_err(amqp("publishing a fast reply"))?;
+        Ok(())
     }
 
     /// Publishes a runtime versions announcement and waits for its confirm.
@@ -247,6 +347,19 @@ impl Publisher {
         props: BasicProperties,
         what: &'static str,
     ) -> Result<()> {
+        self.send(routing_key, body, props, what)
+            .await?
+            .confirmed()
+            .await
+    }
+
+    async fn send(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+        what: &'static str,
+    ) -> Result<Sent> {
         let props = props
             .with_content_type("application/json".into())
             .with_delivery_mode(2);
@@ -260,14 +373,8 @@ impl Publisher {
                 props,
             )
             .await
-            .map_err(amqp("publishing"))?
-            .await
-            .map_err(amqp("waiting for the publish confirm"))?;
-        if confirm.is_ack() {
-            Ok(())
-        } else {
-            Err(Error::Nacked(what))
-        }
+            .map_err(amqp("publishing"))?;
+        Ok(Sent { confirm, what })
     }
 }
 
@@ -289,6 +396,20 @@ mod tests {
                 delivery_count(&BasicProperties::default().with_headers(h)),
                 2
             );
+        }
+    }
+
+    #[test]
+    fn only_direct_reply_addresses_get_fast_replies() {
+        for (to, ok) in [
+            ("amq.rabbitmq.reply-to.g1h2AA5yZXBseUAx", true),
+            ("amq.rabbitmq.reply-to", false),
+            ("amq.rabbitmq.reply-to.", false),
+            ("amq.rabbitmq.reply-tox", false),
+            ("warmpod.jobs", false),
+            ("", false),
+        ] {
+            assert_eq!(is_direct_reply_address(to), ok, "{to:?}");
         }
     }
 

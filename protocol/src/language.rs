@@ -15,8 +15,8 @@
 //! - `{bootstrap}`: (pre-start commands only) the runner's bootstrap code
 //!   for the language, which waits for the program on a private descriptor;
 //! - `{bootstrap_file}`: (pre-start commands only) the path of a file
-//!   holding that code, for runtimes that read it from a file (Java's
-//!   source-file launcher).
+//!   holding that code, for runtimes that load it from a file (Node's
+//!   `-r`, Java's source-file launcher).
 
 /// How a language's memory limit is enforced by the runner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,7 +102,15 @@ pub static LANGUAGES: &[Language] = &[
             "JavaScript heap out of memory",
             "RangeError: Array buffer allocation failed",
         ],
-        prestart: None,
+        // The bootstrap is a `-r` preload; the main path, resolved before
+        // it runs, follows the work directory's rename.
+        prestart: Some(&[
+            "/usr/bin/node",
+            "--max-old-space-size={memory_mb}",
+            "-r",
+            "{bootstrap_file}",
+            "/proc/self/cwd/{source}",
+        ]),
     },
     Language {
         key: "c",

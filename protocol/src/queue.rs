@@ -16,6 +16,23 @@
 //! - [`EVENTS_EXCHANGE`]: durable topic exchange.
 //! - [`CALLBACKS_QUEUE`]: durable classic queue, no arguments, bound to
 //!   [`EVENTS_EXCHANGE`] with [`FINAL_EVENTS_BINDING`].
+//!
+//! # The fast reply (optional, besides the final event)
+//!
+//! A job message published by an api-server that has a client waiting for
+//! the result (a synchronous request) carries the AMQP `reply_to` property
+//! [`DIRECT_REPLY_TO`]; the broker rewrites it to an address of the
+//! publishing channel (RabbitMQ's direct reply-to). A pod-manager that
+//! finds a `reply_to` on a job message also publishes the job's final
+//! [`JobEvent`] there, right after the final event itself: through the
+//! default exchange with the address as routing key, transient, not
+//! mandatory, without waiting for a confirm. That copy is a shortcut that
+//! may be lost (the api-server reconnected, the broker dropped it), and
+//! nothing depends on it: the final event on [`EVENTS_EXCHANGE`] stays the
+//! source of truth for every replica, for the callbacks queue and for the
+//! ack of the job. Both sides ignore what they do not know: a message
+//! without `reply_to` gets no fast reply, and an api-server that never
+//! asked for one never receives one.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -45,6 +62,10 @@ pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 pub const JOBS_QUEUE_MAX_LENGTH: i64 = 10_000;
 /// `x-delivery-limit` of [`JOBS_QUEUE`].
 pub const JOBS_QUEUE_DELIVERY_LIMIT: i64 = 10;
+/// The `reply_to` of a job message whose submitter waits for the result:
+/// RabbitMQ's direct reply-to pseudo-queue, consumed (no-ack) on the
+/// channel that publishes the job. See the module docs, "The fast reply".
+pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 /// Routing key on [`EVENTS_EXCHANGE`] of [`RuntimeVersions`] announcements.
 pub const RUNTIME_VERSIONS_ROUTING_KEY: &str = "pool.versions";
 

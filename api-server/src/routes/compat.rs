@@ -87,7 +87,7 @@ fn simple(language: &str, code: String) -> Submission {
 }
 
 async fn run(core: &Core, submission: Submission) -> Result<Execution, ApiError> {
-    let id = core.submit(submission).await?;
+    let id = core.submit_waiting(submission).await?;
     core.wait_final(id, core.config.wait_timeout)
         .await
         .filter(|e| e.status.is_final())

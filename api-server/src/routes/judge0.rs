@@ -318,7 +318,12 @@ pub async fn create(
         .into_inner()
         .into_submission(query.base64_encoded)
         .map_err(rename)?;
-    let token = core.submit(submission).await.map_err(rename)?;
+    let submitted = if query.wait {
+        core.submit_waiting(submission).await
+    } else {
+        core.submit(submission).await
+    };
+    let token = submitted.map_err(rename)?;
     if !query.wait {
         return Ok(HttpResponse::Created().json(json!({ "token": token })));
     }

@@ -199,9 +199,12 @@ pub async fn create(
     query: web::Query<WaitQuery>,
     body: web::Json<ExecutionRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = core
-        .submit(body.into_inner().into_submission(Api::V1)?)
-        .await?;
+    let submission = body.into_inner().into_submission(Api::V1)?;
+    let id = if query.wait {
+        core.submit_waiting(submission).await?
+    } else {
+        core.submit(submission).await?
+    };
     // Without `wait`, the answer is "queued": what the broker just confirmed.
     let mut status = Status::Queued;
     if query.wait {

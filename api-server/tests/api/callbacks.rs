@@ -11,21 +11,11 @@ use crate::helpers::{DEADLINE, Options, Receiver, TestApp, job, spawn_app_with};
 
 /// The `warmpod_api_callbacks_total{outcome}` counter of one replica.
 async fn callbacks(app: &TestApp, replica: usize, outcome: &str) -> u64 {
-    let text = app
-        .client
-        .get(app.url_at(replica, "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let series = format!("warmpod_api_callbacks_total{{outcome=\"{outcome}\"}}");
-    text.lines()
-        .find(|l| l.starts_with(&series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    app.counter(
+        replica,
+        &format!("warmpod_api_callbacks_total{{outcome=\"{outcome}\"}}"),
+    )
+    .await
 }
 
 #[tokio::test]

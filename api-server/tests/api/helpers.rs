@@ -312,6 +312,26 @@ impl TestApp {
         }
     }
 
+    /// The value of one counter series (e.g.
+    /// `warmpod_api_callbacks_total{outcome="delivered"}`) on replica `i`;
+    /// 0 while it has not appeared.
+    pub async fn counter(&self, i: usize, series: &str) -> u64 {
+        let text = self
+            .client
+            .get(self.url_at(i, "/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Stops the pod-manager (jobs stay queued from now on).
     pub fn stop_pod_manager(&mut self) {
         self.pod_manager.take();

@@ -8,6 +8,7 @@ mod compat;
 mod health;
 mod helpers;
 mod judge0;
+mod replies;
 mod stream;
 mod v1;
 mod validation;

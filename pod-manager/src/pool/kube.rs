@@ -2,8 +2,21 @@
 //!
 //! Standby pods carry `app.kubernetes.io/name=warmpod-standby`,
 //! `warmpod.io/pool=<pool>` and `warmpod.io/state=standby`; the standby
-//! Deployment's selector includes the state label. Their main process only
-//! idles; `warmpod-runner` is started by an exec per job.
+//! Deployment's selector includes the state label. A generic pod's main
+//! process only idles; `warmpod-runner` is started by an exec per job.
+//!
+//! Language pools (optional, [`KubeConfig::languages`]): a standby
+//! Deployment per pre-startable language whose pods also carry
+//! `warmpod.io/language=<key>` and whose main process is the serving runner
+//! (`warmpod-runner --serve <socket> --prestart <key>`: the interpreter is
+//! started before any job and waits). A job's exec there is the relay
+//! (`warmpod-runner --relay <socket>`), which hands the job line to the
+//! serving runner and copies its result back, or runs the job itself, cold,
+//! if nothing serves. [`WarmPool::claim_for`] claims from the job's
+//! language pool first and falls back to the generic pool (then the other
+//! languages' pools) at once: it never waits for a specialised pod. The
+//! recent job mix ([`super::mix`]) splits the wanted pool size between the
+//! Deployments, each sized by its own [`Scaler`].
 //!
 //! A job costs three API calls on the happy path:
 //! 1. **claim**: one JSON patch whose first op `test`s the state label, then
@@ -32,7 +45,8 @@
 //! - [`claim`]: the claim patch and the claim loop.
 //! - [`exec`]: running the runner over the exec WebSocket.
 //! - [`janitor`]: the crash-leftover sweeper.
-//! - [`scaler`]: pool sizing, decisions as pure functions;
+//! - [`scaler`]: pool sizing, decisions as pure functions, one scaler per
+//!   standby Deployment;
 //!   [`queue_depth`]: the demand it reads from RabbitMQ.
 //! - [`metrics`]: per-phase timings and API calls per job.
 
@@ -46,8 +60,8 @@ pub mod scaler;
 pub mod standby;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -57,11 +71,22 @@ use kube::api::{Api, DeleteParams, ListParams};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
-use warmpod_protocol::{Job, JobResult};
+use warmpod_protocol::{Job, JobResult, Language};
 
+use super::mix::DemandMix;
 use super::{Claimed, Error, PoolStats, Result, WarmPool};
 pub use metrics::KubeMetrics;
-pub use scaler::{ScalePolicy, Scaler};
+pub use scaler::{Demand, ScalePolicy, Scaler};
+
+/// A language pool: the standby Deployment whose pods' main process
+/// pre-started `language`'s interpreter and serves one job on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LanguagePool {
+    /// The language key (the pods' `warmpod.io/language` label).
+    pub language: &'static str,
+    /// The Deployment's name (for its scale subresource).
+    pub deployment: String,
+}
 
 /// Settings of the Kubernetes backend, built once by the binary's config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +101,12 @@ pub struct KubeConfig {
     pub container: String,
     /// Command that starts the runner inside that container.
     pub runner_command: Vec<String>,
+    /// Language pools, in order of preference when a job's own language
+    /// has none ready (empty: generic pods only).
+    pub languages: Vec<LanguagePool>,
+    /// Command that relays the job to the serving runner of a specialised
+    /// pod (which runs it itself, cold, when nothing serves).
+    pub relay_command: Vec<String>,
     /// This manager's pod name (downward API), written to
     /// `warmpod.io/claimed-by` on every pod it claims.
     pub manager: String,
@@ -101,6 +132,12 @@ impl Default for KubeConfig {
             deployment: DEFAULT_DEPLOYMENT.into(),
             container: DEFAULT_CONTAINER.into(),
             runner_command: vec![DEFAULT_RUNNER_PATH.into()],
+            languages: Vec::new(),
+            relay_command: vec![
+                DEFAULT_RUNNER_PATH.into(),
+                "--relay".into(),
+                DEFAULT_SERVE_SOCKET.into(),
+            ],
             manager: "pod-manager".into(),
             exec_grace: DEFAULT_EXEC_GRACE,
             janitor_max_age: DEFAULT_JANITOR_MAX_AGE,
@@ -121,6 +158,9 @@ pub const DEFAULT_DEPLOYMENT: &str = "warmpod-standby";
 pub const DEFAULT_CONTAINER: &str = "runner";
 /// Where the standby image installs the runner.
 pub const DEFAULT_RUNNER_PATH: &str = "/usr/local/bin/warmpod-runner";
+/// Where a specialised standby pod's serving runner listens (in its
+/// `/tmp` emptyDir; `k8s-config/components/standby-<language>`).
+pub const DEFAULT_SERVE_SOCKET: &str = "/tmp/warmpod-serve.sock";
 /// Default exec grace beyond the job's own wall limits.
 pub const DEFAULT_EXEC_GRACE: Duration = Duration::from_secs(10);
 /// Default janitor age: the longest job (60 s run + 60 s compile at the
@@ -142,6 +182,9 @@ pub struct PodSandbox {
     /// Set once the pod was deleted (after a failed exec), so `destroy`
     /// does not delete it again.
     deleted: bool,
+    /// The language its serving runner pre-started (a language pool's
+    /// pod: the job is relayed to it), or `None` (a generic pod).
+    prestart: Option<&'static str>,
 }
 
 impl PodSandbox {
@@ -159,6 +202,11 @@ impl PodSandbox {
     pub fn api_calls(&self) -> u32 {
         self.api_calls
     }
+
+    /// The language pool it came from (`None`: the generic pool).
+    pub fn prestart(&self) -> Option<&'static str> {
+        self.prestart
+    }
 }
 
 /// The Kubernetes [`WarmPool`]: cheap to clone, background tasks stop when
@@ -172,7 +220,12 @@ struct Inner {
     cfg: KubeConfig,
     pods: Api<Pod>,
     deployments: Api<Deployment>,
+    /// The generic pool's standby pods.
     standby: standby::StandbySet,
+    /// Each language pool's standby pods, in `cfg.languages` order.
+    languages: Vec<(&'static str, standby::StandbySet)>,
+    /// The recent job mix over the language pools; splits the wanted size.
+    mix: Arc<Mutex<DemandMix>>,
     /// Every manager's claimed pods of the pool (a second watch): the
     /// cluster-wide jobs in flight, for the scaler.
     claimed_pods: kube::runtime::reflector::Store<Pod>,
@@ -223,17 +276,35 @@ impl KubePool {
                 e,
             )
         })?;
-        deployments.get_scale(&cfg.deployment).await.map_err(|e| {
-            kube_error(
-                format!(
-                    "reading the scale of deployment {:?} in {:?} (apply k8s-config first)",
-                    cfg.deployment, cfg.namespace
-                ),
-                e,
-            )
-        })?;
+        let mut names = vec![&cfg.deployment];
+        names.extend(cfg.languages.iter().map(|l| &l.deployment));
+        for name in names {
+            deployments.get_scale(name).await.map_err(|e| {
+                kube_error(
+                    format!(
+                        "reading the scale of deployment {name:?} in {:?} (apply k8s-config first)",
+                        cfg.namespace
+                    ),
+                    e,
+                )
+            })?;
+        }
         let shutdown = CancellationToken::new();
-        let standby = standby::StandbySet::start(pods.clone(), &cfg.pool, shutdown.child_token());
+        let keys: Vec<&'static str> = cfg.languages.iter().map(|l| l.language).collect();
+        let standby = standby::StandbySet::start(
+            pods.clone(),
+            &labels::generic_selector(&cfg.pool, &keys),
+            shutdown.child_token(),
+        );
+        let languages = keys
+            .iter()
+            .map(|key| {
+                let selector = labels::language_selector(&cfg.pool, key);
+                let set =
+                    standby::StandbySet::start(pods.clone(), &selector, shutdown.child_token());
+                (*key, set)
+            })
+            .collect();
         let (claimed_pods, _) = standby::reflect(
             pods.clone(),
             &labels::state_selector(&cfg.pool, labels::CLAIMED),
@@ -248,6 +319,8 @@ impl KubePool {
                 pods,
                 deployments,
                 standby,
+                languages,
+                mix: Arc::new(Mutex::new(DemandMix::new(&keys))),
                 claimed_pods,
                 metrics,
                 claimed: AtomicU64::new(0),
@@ -263,20 +336,66 @@ impl KubePool {
         &self.inner.cfg
     }
 
-    /// A scaler for the standby Deployment; run it with
-    /// [`Scaler::run`] and a queue-depth source.
-    ///
-    /// Its in-flight count is cluster-wide ([`jobs_in_flight`](Self::jobs_in_flight)),
-    /// so several managers compute the same target from the same queue.
+    /// The scaler of the generic standby Deployment (see
+    /// [`scalers`](Self::scalers)); run it with [`Scaler::run`] and a
+    /// queue-depth source.
     pub fn scaler(&self) -> Scaler {
-        let claimed = self.inner.claimed_pods.clone();
-        Scaler::new(
-            self.inner.deployments.clone(),
-            self.inner.cfg.deployment.clone(),
-            self.inner.cfg.scale,
-            Arc::new(move || standby::running(&claimed)),
-            self.inner.metrics.clone(),
-        )
+        self.scalers().swap_remove(0)
+    }
+
+    /// One scaler per standby Deployment: the generic one first, then each
+    /// language pool's in `cfg.languages` order.
+    ///
+    /// Demand is queue depth plus the cluster-wide jobs in flight
+    /// ([`jobs_in_flight`](Self::jobs_in_flight)), so several managers
+    /// compute the same total from the same queue. Without language pools
+    /// the generic Deployment takes it all, within `[min, max]`. With them,
+    /// that total (clamped to `[min, max]`) is split by the recent job mix
+    /// ([`DemandMix::split`]: each language its share, at least one generic
+    /// pod from a total of two on), and each Deployment's scaler applies
+    /// the hysteresis and the scale-down delay to its own share.
+    pub fn scalers(&self) -> Vec<Scaler> {
+        let inner = &self.inner;
+        let policy = inner.cfg.scale;
+        let mut kinds: Vec<(Option<&'static str>, String)> =
+            vec![(None, inner.cfg.deployment.clone())];
+        kinds.extend(
+            inner
+                .cfg
+                .languages
+                .iter()
+                .map(|l| (Some(l.language), l.deployment.clone())),
+        );
+        let split = !inner.cfg.languages.is_empty();
+        kinds
+            .into_iter()
+            .map(|(kind, name)| {
+                let claimed = inner.claimed_pods.clone();
+                let mix = inner.mix.clone();
+                let demand: Demand = Arc::new(move |queue_depth| {
+                    let total = queue_depth.saturating_add(standby::running(&claimed));
+                    if !split {
+                        return total;
+                    }
+                    let mix = mix.lock().unwrap_or_else(PoisonError::into_inner);
+                    scaler::share_of_demand(total, &policy, &mix, kind)
+                });
+                // With a split, the bounds apply to the total: each share
+                // may be anything from 0.
+                let policy = if split {
+                    ScalePolicy { min: 0, ..policy }
+                } else {
+                    policy
+                };
+                Scaler::new(
+                    inner.deployments.clone(),
+                    name,
+                    policy,
+                    demand,
+                    inner.metrics.clone(),
+                )
+            })
+            .collect()
     }
 
     /// Jobs running in the pool now, across every manager: its claimed,
@@ -285,15 +404,27 @@ impl KubePool {
         standby::running(&self.inner.claimed_pods)
     }
 
-    /// Runs the [`Scaler`] in the background with `depth` as the queue
+    /// Runs every [`Scaler`] in the background with `depth` as the queue
     /// depth, until the pool shuts down.
     pub fn spawn_scaler(&self, depth: queue_depth::QueueDepth) {
         let depth = Arc::new(depth);
-        let source = move || {
+        for scaler in self.scalers() {
             let depth = depth.clone();
-            async move { depth.read().await }
-        };
-        tokio::spawn(self.scaler().run(source, self.shutdown_token()));
+            let source = move || {
+                let depth = depth.clone();
+                async move { depth.read().await }
+            };
+            tokio::spawn(scaler.run(source, self.shutdown_token()));
+        }
+    }
+
+    /// Recent demand of `language` (a key) as the scalers see it (0..=1).
+    pub fn demand_share(&self, language: &str) -> f64 {
+        self.inner
+            .mix
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .share(language)
     }
 
     /// Fires when the pool shuts down; for tasks that live as long as it.
@@ -321,17 +452,32 @@ impl WarmPool for KubePool {
     type Sandbox = PodSandbox;
 
     async fn claim(&self, job_id: Uuid) -> Result<Claimed<PodSandbox>> {
+        self.claim_for(job_id, "").await
+    }
+
+    async fn claim_for(&self, job_id: Uuid, language: &str) -> Result<Claimed<PodSandbox>> {
         let started = Instant::now();
         let inner = &self.inner;
+        let key = Language::find(language).map(|l| l.key);
+        if let Some(key) = key {
+            inner
+                .mix
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .observe(key);
+        }
+        let order = inner.claim_order(key);
+        let sets: Vec<_> = order.iter().map(|(_, set)| *set).collect();
         let outcome = claim::claim(
             &inner.pods,
-            &inner.standby,
+            &sets,
             &inner.cfg.manager,
             job_id,
             &inner.metrics,
             &inner.shutdown,
         )
         .await?;
+        let prestart = order[outcome.set].0;
         inner.claimed.fetch_add(1, Ordering::Relaxed);
         if outcome.warm {
             inner.warm_hits.fetch_add(1, Ordering::Relaxed);
@@ -339,7 +485,7 @@ impl WarmPool for KubePool {
             inner.cold_claims.fetch_add(1, Ordering::Relaxed);
         }
         inner.metrics.phase("claim", started.elapsed());
-        debug!(pod = %outcome.pod, job = %job_id, attempts = outcome.attempts, warm = outcome.warm, "claimed");
+        debug!(pod = %outcome.pod, job = %job_id, attempts = outcome.attempts, warm = outcome.warm, prestart, "claimed");
         Ok(Claimed {
             sandbox: PodSandbox {
                 name: outcome.pod,
@@ -347,9 +493,10 @@ impl WarmPool for KubePool {
                 claimed_at: started,
                 api_calls: outcome.attempts,
                 deleted: false,
+                prestart,
             },
             warm: outcome.warm,
-            specialised: false,
+            specialised: outcome.warm && prestart.is_some() && prestart == key,
         })
     }
 
@@ -359,11 +506,18 @@ impl WarmPool for KubePool {
         let deadline = super::answer_deadline(job, inner.cfg.exec_grace);
         sandbox.api_calls += 1;
         inner.metrics.api_call("exec");
+        // A specialised pod's serving runner already holds the interpreter:
+        // the exec only relays the job to it.
+        let command = if sandbox.prestart.is_some() {
+            &inner.cfg.relay_command
+        } else {
+            &inner.cfg.runner_command
+        };
         let outcome = exec::run_job(
             &inner.pods,
             &sandbox.name,
             &inner.cfg.container,
-            &inner.cfg.runner_command,
+            command,
             job,
             deadline,
         )
@@ -406,7 +560,14 @@ impl WarmPool for KubePool {
 
     fn stats(&self) -> PoolStats {
         let inner = &self.inner;
-        let counts = inner.standby.counts();
+        let counts = inner
+            .all_sets()
+            .into_iter()
+            .map(standby::StandbySet::counts)
+            .fold(standby::Counts::default(), |a, c| standby::Counts {
+                ready: a.ready + c.ready,
+                starting: a.starting + c.starting,
+            });
         PoolStats {
             ready: counts.ready,
             claimed: inner.claimed.load(Ordering::Relaxed),
@@ -417,18 +578,16 @@ impl WarmPool for KubePool {
     }
 
     async fn runtime_versions(&self) -> Result<BTreeMap<String, String>> {
-        // `--versions` runs beside the idle main process of a ready standby
-        // pod and leaves nothing behind, so the pod stays in the pool. The
+        // `--versions` runs beside the main process of a ready standby pod
+        // of any pool (idle, or a serving runner, whose socket it does not
+        // touch) and leaves nothing behind, so the pod stays in the pool. The
         // pod may be claimed and deleted meanwhile: then ask another one.
         let mut command = self.inner.cfg.runner_command.clone();
         command.push("--versions".into());
         let mut last = None;
         for _ in 0..VERSIONS_TRIES {
-            let pod = self
-                .inner
-                .standby
-                .wait_any_ready(&self.inner.shutdown)
-                .await?;
+            let sets = self.inner.all_sets();
+            let pod = standby::wait_any_ready(&sets, &self.inner.shutdown).await?;
             self.inner.metrics.api_call("exec");
             let out = exec::run_command(
                 &self.inner.pods,
@@ -461,6 +620,35 @@ impl WarmPool for KubePool {
         // Standby pods belong to the Deployment and are shared with other
         // managers: they stay. Only this manager's claims and tasks stop.
         self.inner.shutdown.cancel();
+    }
+}
+
+impl Inner {
+    /// Every standby set: the generic pool's, then each language pool's.
+    fn all_sets(&self) -> Vec<&standby::StandbySet> {
+        std::iter::once(&self.standby)
+            .chain(self.languages.iter().map(|(_, set)| set))
+            .collect()
+    }
+
+    /// The standby sets a claim for a job of language `key` tries, in
+    /// order, each with the language its pods pre-started: the language's
+    /// own pool, the generic pool, then the other language pools (whose
+    /// serving runner runs another language's job cold).
+    fn claim_order(
+        &self,
+        key: Option<&'static str>,
+    ) -> Vec<(Option<&'static str>, &standby::StandbySet)> {
+        let own = self.languages.iter().find(|(k, _)| Some(*k) == key);
+        let mut order: Vec<_> = own.map(|(k, set)| (Some(*k), set)).into_iter().collect();
+        order.push((None, &self.standby));
+        order.extend(
+            self.languages
+                .iter()
+                .filter(|(k, _)| Some(*k) != key)
+                .map(|(k, set)| (Some(*k), set)),
+        );
+        order
     }
 }
 

@@ -145,6 +145,47 @@ impl TestBroker {
             .await;
     }
 
+    /// Publishes `job` asking for a fast reply, as the api-server does for
+    /// a waiting client: on a channel of its own that consumes RabbitMQ's
+    /// direct reply-to, with `reply_to` set. Returns where the replies
+    /// arrive.
+    pub async fn publish_for_reply(&self, job: &Job) -> FastReplies {
+        let channel = self.connection.create_channel().await.unwrap();
+        let consumer = channel
+            .basic_consume(
+                warmpod_protocol::queue::DIRECT_REPLY_TO.into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let msg = JobMessage {
+            job: job.clone(),
+            submitted_at_ms: now_ms(),
+            meta: JobMeta::default(),
+        };
+        channel
+            .basic_publish(
+                "".into(),
+                self.names.jobs.as_str().into(),
+                BasicPublishOptions::default(),
+                &serde_json::to_vec(&msg).unwrap(),
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_reply_to(warmpod_protocol::queue::DIRECT_REPLY_TO.into()),
+            )
+            .await
+            .unwrap();
+        FastReplies {
+            _channel: channel,
+            consumer,
+        }
+    }
+
     /// Publishes raw bytes to the jobs queue.
     pub async fn publish_raw(&self, body: &[u8], headers: FieldTable) {
         let confirm = self
@@ -266,6 +307,30 @@ impl TestBroker {
                 .await;
         }
         let _ = self.connection.close(200, "".into()).await;
+    }
+}
+
+/// Fast replies to one publishing channel (see
+/// [`TestBroker::publish_for_reply`]).
+pub struct FastReplies {
+    _channel: Channel,
+    consumer: lapin::Consumer,
+}
+
+impl FastReplies {
+    /// The next fast reply, as a job event.
+    pub async fn next(&mut self, within: Duration) -> JobEvent {
+        let delivery = tokio::time::timeout(within, self.consumer.next())
+            .await
+            .unwrap_or_else(|_| panic!("no fast reply within {within:?}"))
+            .expect("the replies consumer ended")
+            .expect("a delivery");
+        assert_eq!(
+            delivery.properties.delivery_mode(),
+            &Some(1),
+            "fast replies are transient"
+        );
+        serde_json::from_slice(&delivery.data).expect("fast replies are JobEvents")
     }
 }
 

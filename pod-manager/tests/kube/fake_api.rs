@@ -10,9 +10,19 @@
 //!   `metadata.resourceVersion` other than the stored one answers 409.
 //!   `application/merge-patch+json` is applied too.
 //! - `DELETE .../pods/{name}` removes the pod (and kills its execs).
-//! - `.../deployments/{name}/scale` GET/PATCH/PUT; a simulated ReplicaSet
-//!   keeps `replicas` Ready standby pods (labels app/pool/state=standby),
-//!   creating one as soon as a pod is relabelled or deleted.
+//! - `.../deployments/{name}/scale` GET/PATCH/PUT for the generic standby
+//!   Deployment and each language pool's ([`FakePool`]); a simulated
+//!   ReplicaSet per Deployment keeps `replicas` standby pods (labels
+//!   app/pool/state=standby, plus `warmpod.io/language` for a language
+//!   pool), creating one as soon as a pod is relabelled or deleted.
+//!   Generic pods are Running and Ready at once and run nothing.
+//! - A simulated kubelet gives a language pool's pod its own directory as
+//!   its `/tmp` (the emptyDir: every `/tmp` path in its commands is
+//!   rewritten into it, and `WARMPOD_RUNNER_WORK_ROOT` points there),
+//!   starts the container's main command (the serving runner) when the pod
+//!   is created, runs the readiness probe's exec command every 20 ms until
+//!   it succeeds (the pod then turns Ready), and kills the main process
+//!   once the pod is deleted.
 //! - `GET .../pods/{name}/exec` upgrades to a WebSocket speaking
 //!   `v5.channel.k8s.io` or `v4.channel.k8s.io` (first byte of each binary
 //!   frame is the channel: 0 stdin, 1 stdout, 2 stderr, 3 status, 255 close
@@ -68,6 +78,24 @@ pub struct FakeOptions {
     pub replicas: i32,
     /// Exec subprotocols the server accepts, in its order of preference.
     pub protocols: Vec<&'static str>,
+    /// Language pools: more standby Deployments, whose pods run a main
+    /// command.
+    pub language_pools: Vec<FakePool>,
+}
+
+/// A language pool's standby Deployment, as its template describes it.
+#[derive(Debug, Clone)]
+pub struct FakePool {
+    /// Deployment name.
+    pub deployment: String,
+    /// Value of the pods' `warmpod.io/language` label.
+    pub language: String,
+    /// Initial replicas.
+    pub replicas: i32,
+    /// The container's command (its main process).
+    pub main: Vec<String>,
+    /// The readiness probe's exec command.
+    pub probe: Vec<String>,
 }
 
 impl Default for FakeOptions {
@@ -78,6 +106,7 @@ impl Default for FakeOptions {
             deployment: "warmpod-standby".into(),
             replicas: 2,
             protocols: vec![V5, V4],
+            language_pools: Vec::new(),
         }
     }
 }
@@ -125,8 +154,10 @@ pub struct State {
     pub pods: BTreeMap<String, Value>,
     history: Vec<Change>,
     watchers: Vec<Watcher>,
-    /// Replicas of the standby Deployment.
+    /// Replicas of the generic standby Deployment.
     pub replicas: i32,
+    /// Replicas of each language pool's Deployment, by name.
+    pub pool_replicas: BTreeMap<String, i32>,
     next_pod: u64,
     /// Every standby → claimed transition, in order.
     pub claims: Vec<ClaimRecord>,
@@ -161,6 +192,14 @@ struct Shared {
     runner: PathBuf,
     state: Mutex<State>,
     changed: Notify,
+    /// The kubelet's side of pods with a main command, by pod.
+    runtimes: Mutex<HashMap<String, PodRuntime>>,
+}
+
+/// A pod's private `/tmp` and its main process (killed when dropped).
+struct PodRuntime {
+    tmp: tempfile::TempDir,
+    main: Option<tokio::process::Child>,
 }
 
 impl Shared {
@@ -174,11 +213,19 @@ pub struct FakeApi {
     addr: SocketAddr,
     shared: Arc<Shared>,
     server: tokio::task::JoinHandle<()>,
+    kubelet: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for FakeApi {
     fn drop(&mut self) {
         self.server.abort();
+        self.kubelet.abort();
+        // Main processes die, private directories go.
+        self.shared
+            .runtimes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 }
 
@@ -192,11 +239,17 @@ impl FakeApi {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 replicas: opts.replicas,
+                pool_replicas: opts
+                    .language_pools
+                    .iter()
+                    .map(|p| (p.deployment.clone(), p.replicas))
+                    .collect(),
                 ..State::default()
             }),
             opts,
             runner,
             changed: Notify::new(),
+            runtimes: Mutex::new(HashMap::new()),
         });
         {
             let mut st = shared.lock();
@@ -220,11 +273,37 @@ impl FakeApi {
                 }
             }
         });
+        let kubelet = tokio::spawn(kubelet(shared.clone()));
         Self {
             addr,
             shared,
             server,
+            kubelet,
         }
+    }
+
+    /// The pid of `pod`'s main process, if it runs one.
+    pub fn main_pid(&self, pod: &str) -> Option<u32> {
+        let runtimes = self
+            .shared
+            .runtimes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        runtimes.get(pod)?.main.as_ref()?.id()
+    }
+
+    /// Kills `pod`'s main process (SIGKILL) and waits for it: the pod
+    /// stays, as it would until its container restarted.
+    pub async fn kill_main(&self, pod: &str) {
+        let main = self
+            .shared
+            .runtimes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(pod)
+            .and_then(|r| r.main.take());
+        let mut main = main.expect("the pod runs a main process");
+        main.kill().await.expect("main process killed");
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -308,6 +387,29 @@ impl FakeApi {
     }
 }
 
+/// Names of pods of language pool `language` (`None`: generic pods) in
+/// `state` (by label).
+pub fn pods_of(st: &State, language: Option<&str>, state: &str) -> Vec<String> {
+    st.pods
+        .iter()
+        .filter(|(_, p)| {
+            let l = &p["metadata"]["labels"];
+            l["warmpod.io/state"] == state && l["warmpod.io/language"].as_str() == language
+        })
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// Whether `pod` is Ready.
+pub fn is_ready(st: &State, pod: &str) -> bool {
+    st.pods.get(pod).is_some_and(|p| {
+        p["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+    })
+}
+
 /// Names of pods in `state` (by label) among `pods`.
 pub fn pods_in_state(st: &State, state: &str) -> Vec<String> {
     st.pods
@@ -378,19 +480,22 @@ async fn handle(
             "deployments",
             d,
             "scale",
-        ] if n == ns && *d == shared.opts.deployment => match req.method().clone() {
-            Method::GET => scale_response(&shared),
-            Method::PATCH | Method::PUT => {
-                let ctype = content_type(&req);
-                let body = read_body(req).await;
-                set_scale(&shared, &ctype, &body)
+        ] if n == ns && deployments(&shared.opts).iter().any(|(name, _)| name == d) => {
+            let d = (*d).to_owned();
+            match req.method().clone() {
+                Method::GET => scale_response(&shared, &d),
+                Method::PATCH | Method::PUT => {
+                    let ctype = content_type(&req);
+                    let body = read_body(req).await;
+                    set_scale(&shared, &d, &ctype, &body)
+                }
+                _ => status(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "MethodNotAllowed",
+                    "method not allowed",
+                ),
             }
-            _ => status(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "MethodNotAllowed",
-                "method not allowed",
-            ),
-        },
+        }
         _ => status(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -658,24 +763,56 @@ fn record(st: &mut State, rv: u64, old: Option<Value>, new: Option<Value>) {
 // The standby Deployment: scale subresource and a simulated ReplicaSet
 // ---------------------------------------------------------------------------
 
-fn scale_response(shared: &Shared) -> http::Response<Body> {
+fn scale_response(shared: &Shared, deployment: &str) -> http::Response<Body> {
     let st = shared.lock();
-    full(StatusCode::OK, scale_json(&shared.opts, &st))
+    full(StatusCode::OK, scale_json(&shared.opts, &st, deployment))
 }
 
-fn scale_json(opts: &FakeOptions, st: &State) -> Value {
-    let standby = st.pods.values().filter(|p| is_replica(opts, p)).count();
+/// Every standby Deployment: the generic one (language `None`), then the
+/// language pools'.
+fn deployments(opts: &FakeOptions) -> Vec<(String, Option<String>)> {
+    std::iter::once((opts.deployment.clone(), None))
+        .chain(
+            opts.language_pools
+                .iter()
+                .map(|p| (p.deployment.clone(), Some(p.language.clone()))),
+        )
+        .collect()
+}
+
+fn language_of(opts: &FakeOptions, deployment: &str) -> Option<String> {
+    deployments(opts)
+        .into_iter()
+        .find(|(name, _)| name == deployment)
+        .and_then(|(_, language)| language)
+}
+
+fn replicas_of(opts: &FakeOptions, st: &State, deployment: &str) -> i32 {
+    if deployment == opts.deployment {
+        st.replicas
+    } else {
+        st.pool_replicas.get(deployment).copied().unwrap_or(0)
+    }
+}
+
+fn scale_json(opts: &FakeOptions, st: &State, deployment: &str) -> Value {
+    let language = language_of(opts, deployment);
+    let standby = st
+        .pods
+        .values()
+        .filter(|p| is_replica(opts, language.as_deref(), p))
+        .count();
     json!({
         "kind": "Scale", "apiVersion": "autoscaling/v1",
-        "metadata": {"name": opts.deployment, "namespace": opts.namespace, "resourceVersion": st.rv.to_string()},
-        "spec": {"replicas": st.replicas},
+        "metadata": {"name": deployment, "namespace": opts.namespace, "resourceVersion": st.rv.to_string()},
+        "spec": {"replicas": replicas_of(opts, st, deployment)},
         "status": {"replicas": standby, "selector": format!("app.kubernetes.io/name=warmpod-standby,warmpod.io/pool={},warmpod.io/state=standby", opts.pool)},
     })
 }
 
-fn set_scale(shared: &Shared, ctype: &str, body: &[u8]) -> http::Response<Body> {
+fn set_scale(shared: &Shared, deployment: &str, ctype: &str, body: &[u8]) -> http::Response<Body> {
     let mut st = shared.lock();
-    let mut scale = scale_json(&shared.opts, &st);
+    let mut scale = scale_json(&shared.opts, &st, deployment);
     let result = if ctype.starts_with("application/json") && !ctype.contains("patch") {
         serde_json::from_slice::<Value>(body)
             .map(|v| scale = v)
@@ -703,59 +840,218 @@ fn set_scale(shared: &Shared, ctype: &str, body: &[u8]) -> http::Response<Body> 
             "spec.replicas: Invalid value",
         );
     };
-    st.replicas = replicas;
+    if deployment == shared.opts.deployment {
+        st.replicas = replicas;
+    } else {
+        st.pool_replicas.insert(deployment.to_owned(), replicas);
+    }
     st.rv += 1;
     reconcile_replicas(&shared.opts, &mut st);
-    full(StatusCode::OK, scale_json(&shared.opts, &st))
+    full(StatusCode::OK, scale_json(&shared.opts, &st, deployment))
 }
 
-/// Whether `pod` counts for the standby ReplicaSet (matches its selector,
-/// not terminating).
-fn is_replica(opts: &FakeOptions, pod: &Value) -> bool {
+/// Whether `pod` counts for the standby ReplicaSet of language pool
+/// `language` (`None`: the generic one): matches its selector, not
+/// terminating.
+fn is_replica(opts: &FakeOptions, language: Option<&str>, pod: &Value) -> bool {
     let l = &pod["metadata"]["labels"];
     l["app.kubernetes.io/name"] == "warmpod-standby"
         && l["warmpod.io/pool"] == opts.pool.as_str()
         && l["warmpod.io/state"] == "standby"
+        && l["warmpod.io/language"].as_str() == language
         && pod["metadata"]["deletionTimestamp"].is_null()
 }
 
-/// The ReplicaSet controller: create or delete standby pods until there
-/// are `replicas`. New pods are Running and Ready at once; every other one
-/// has no annotations, so both shapes of the claim patch are exercised.
+/// The ReplicaSet controllers: create or delete standby pods until each
+/// Deployment has its replicas. Generic pods are Running and Ready at
+/// once; every other one has no annotations, so both shapes of the claim
+/// patch are exercised. A language pool's pods carry its main command and
+/// readiness probe, and are Ready once the kubelet's probe passes.
 fn reconcile_replicas(opts: &FakeOptions, st: &mut State) {
-    let mut have: Vec<String> = st
-        .pods
-        .iter()
-        .filter(|(_, p)| is_replica(opts, p))
-        .map(|(n, _)| n.clone())
-        .collect();
-    while (have.len() as i64) < i64::from(st.replicas) {
-        st.next_pod += 1;
-        st.rv += 1;
-        let name = format!("warmpod-standby-{:05}", st.next_pod);
-        let mut pod = json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {
-                "name": name, "namespace": opts.namespace, "uid": format!("uid-{}", st.next_pod),
-                "resourceVersion": st.rv.to_string(), "creationTimestamp": Timestamp::now().to_string(),
-                "labels": {"app.kubernetes.io/name": "warmpod-standby", "warmpod.io/pool": opts.pool, "warmpod.io/state": "standby"},
-            },
-            "spec": {"containers": [{"name": "runner", "image": "warmpod-standby:dev"}]},
-            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
-        });
-        if st.next_pod.is_multiple_of(2) {
-            pod["metadata"]["annotations"] =
-                json!({"kubectl.kubernetes.io/default-container": "runner"});
+    for (deployment, language) in deployments(opts) {
+        let replicas = replicas_of(opts, st, &deployment);
+        let pool = opts
+            .language_pools
+            .iter()
+            .find(|p| Some(&p.language) == language.as_ref());
+        let mut have: Vec<String> = st
+            .pods
+            .iter()
+            .filter(|(_, p)| is_replica(opts, language.as_deref(), p))
+            .map(|(n, _)| n.clone())
+            .collect();
+        while (have.len() as i64) < i64::from(replicas) {
+            st.next_pod += 1;
+            st.rv += 1;
+            let name = format!("{deployment}-{:05}", st.next_pod);
+            let mut pod = json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {
+                    "name": name, "namespace": opts.namespace, "uid": format!("uid-{}", st.next_pod),
+                    "resourceVersion": st.rv.to_string(), "creationTimestamp": Timestamp::now().to_string(),
+                    "labels": {"app.kubernetes.io/name": "warmpod-standby", "warmpod.io/pool": opts.pool, "warmpod.io/state": "standby"},
+                },
+                "spec": {"containers": [{"name": "runner", "image": "warmpod-standby:dev"}]},
+                "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+            });
+            if st.next_pod.is_multiple_of(2) {
+                pod["metadata"]["annotations"] =
+                    json!({"kubectl.kubernetes.io/default-container": "runner"});
+            }
+            if let Some(pool) = pool {
+                pod["metadata"]["labels"]["warmpod.io/language"] = json!(pool.language);
+                pod["spec"]["containers"][0]["command"] = json!(pool.main);
+                pod["spec"]["containers"][0]["readinessProbe"] =
+                    json!({"exec": {"command": pool.probe}});
+                pod["status"]["conditions"][0]["status"] = json!("False");
+            }
+            st.pods.insert(name.clone(), pod.clone());
+            let rv = st.rv;
+            record(st, rv, None, Some(pod));
+            have.push(name);
         }
-        st.pods.insert(name.clone(), pod.clone());
-        let rv = st.rv;
-        record(st, rv, None, Some(pod));
-        have.push(name);
+        while (have.len() as i64) > i64::from(replicas) {
+            let name = have.pop().expect("more than zero");
+            remove_pod(st, &name, 0);
+        }
     }
-    while (have.len() as i64) > i64::from(st.replicas) {
-        let name = have.pop().expect("more than zero");
-        remove_pod(st, &name, 0);
+}
+
+// ---------------------------------------------------------------------------
+// The kubelet: main processes and readiness probes
+// ---------------------------------------------------------------------------
+
+/// How often the kubelet looks (its probes' period).
+const KUBELET_PERIOD: Duration = Duration::from_millis(20);
+
+/// Starts main processes of new pods, probes pods not Ready yet, and kills
+/// the main process of pods that are gone or terminating.
+async fn kubelet(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(KUBELET_PERIOD);
+    loop {
+        tick.tick().await;
+        let (live, to_probe) = {
+            let st = shared.lock();
+            let live: HashMap<String, Vec<String>> = st
+                .pods
+                .iter()
+                .filter(|(_, p)| p["metadata"]["deletionTimestamp"].is_null())
+                .filter_map(|(n, p)| {
+                    Some((n.clone(), strings(&p["spec"]["containers"][0]["command"])?))
+                })
+                .collect();
+            let to_probe: Vec<(String, Vec<String>)> = st
+                .pods
+                .iter()
+                .filter(|(n, _)| live.contains_key(*n) && !is_ready(&st, n))
+                .filter_map(|(n, p)| {
+                    let probe =
+                        strings(&p["spec"]["containers"][0]["readinessProbe"]["exec"]["command"])?;
+                    Some((n.clone(), probe))
+                })
+                .collect();
+            (live, to_probe)
+        };
+        {
+            let mut runtimes = shared
+                .runtimes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            // Dropping a runtime kills its main process and removes its /tmp.
+            runtimes.retain(|pod, _| live.contains_key(pod));
+            for (pod, command) in &live {
+                if !runtimes.contains_key(pod) {
+                    runtimes.insert(pod.clone(), start_main(&shared.runner, command));
+                }
+            }
+        }
+        for (pod, probe) in to_probe {
+            let Some(mut cmd) = in_pod(&shared, &pod, &probe) else {
+                continue;
+            };
+            let passed = cmd
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await
+                .is_ok_and(|s| s.success());
+            if passed {
+                mark_ready(&shared, &pod);
+            }
+        }
     }
+}
+
+fn strings(v: &Value) -> Option<Vec<String>> {
+    v.as_array()?
+        .iter()
+        .map(|s| s.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A pod's private `/tmp`, and its main command started in it.
+fn start_main(runner: &std::path::Path, command: &[String]) -> PodRuntime {
+    let tmp = tempfile::tempdir().expect("a private /tmp for the pod");
+    let mut cmd = command_in(runner, tmp.path(), command);
+    let main = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .ok();
+    PodRuntime { tmp, main }
+}
+
+/// `command` as a process of `pod`: in its private `/tmp` if it has one.
+fn in_pod(shared: &Shared, pod: &str, command: &[String]) -> Option<tokio::process::Command> {
+    let runtimes = shared
+        .runtimes
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let tmp = runtimes.get(pod)?.tmp.path().to_path_buf();
+    Some(command_in(&shared.runner, &tmp, command))
+}
+
+/// `command` with `warmpod-runner` the real runner, every `/tmp` path moved
+/// into `tmp`, and the runner's work root there.
+fn command_in(
+    runner: &std::path::Path,
+    tmp: &std::path::Path,
+    command: &[String],
+) -> tokio::process::Command {
+    let moved: Vec<String> = command
+        .iter()
+        .map(|a| match a.strip_prefix("/tmp") {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+                format!("{}{rest}", tmp.display())
+            }
+            _ => a.clone(),
+        })
+        .collect();
+    let program = if moved[0].ends_with("/warmpod-runner") {
+        runner.to_path_buf()
+    } else {
+        PathBuf::from(&moved[0])
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(&moved[1..]).env("WARMPOD_RUNNER_WORK_ROOT", tmp);
+    cmd
+}
+
+fn mark_ready(shared: &Shared, pod: &str) {
+    let mut st = shared.lock();
+    let Some(old) = st.pods.get(pod).cloned() else {
+        return;
+    };
+    let mut new = old.clone();
+    new["status"]["conditions"][0]["status"] = json!("True");
+    st.rv += 1;
+    let rv = st.rv;
+    new["metadata"]["resourceVersion"] = json!(rv.to_string());
+    st.pods.insert(pod.to_owned(), new.clone());
+    record(&mut st, rv, Some(old), Some(new));
+    drop(st);
+    shared.changed.notify_waiters();
 }
 
 // ---------------------------------------------------------------------------
@@ -888,13 +1184,17 @@ async fn session(
             }
         }
     }
-    let program = if command[0].ends_with("/warmpod-runner") {
-        shared.runner.clone()
-    } else {
-        PathBuf::from(&command[0])
-    };
-    let mut child = match tokio::process::Command::new(&program)
-        .args(&command[1..])
+    let program = command[0].clone();
+    let mut cmd = in_pod(&shared, &pod, &command).unwrap_or_else(|| {
+        let mut cmd = tokio::process::Command::new(if command[0].ends_with("/warmpod-runner") {
+            shared.runner.clone()
+        } else {
+            PathBuf::from(&command[0])
+        });
+        cmd.args(&command[1..]);
+        cmd
+    });
+    let mut child = match cmd
         .stdin(if want_stdin {
             Stdio::piped()
         } else {

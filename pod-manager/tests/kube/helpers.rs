@@ -5,11 +5,15 @@ use std::path::PathBuf;
 use std::sync::Once;
 use std::time::Duration;
 
-use pod_manager::pool::kube::{KubeConfig, KubeMetrics, KubePool, ScalePolicy};
+use pod_manager::pool::WarmPool;
+use pod_manager::pool::kube::{
+    DEFAULT_RUNNER_PATH, DEFAULT_SERVE_SOCKET, KubeConfig, KubeMetrics, KubePool, LanguagePool,
+    ScalePolicy,
+};
 use uuid::Uuid;
 use warmpod_protocol::{Job, Limits, SourceFile};
 
-use crate::fake_api::{FakeApi, FakeOptions};
+use crate::fake_api::{FakeApi, FakeOptions, FakePool};
 
 /// The real runner, built next to this test executable
 /// (`target/debug/deps/kube-*` → `target/debug/warmpod-runner`).
@@ -92,6 +96,54 @@ pub async fn pool(fake: &FakeApi, manager: &str) -> (KubePool, KubeMetrics) {
     pool_with(fake, config(fake, manager)).await
 }
 
+/// A language pool of `replicas` pods for `language`, as
+/// `k8s-config/standby-pools/<language>` describes it: the main process is
+/// the serving runner, the readiness probe asks whether it serves.
+pub fn language_pool(language: &str, replicas: i32) -> FakePool {
+    let runner = DEFAULT_RUNNER_PATH.to_string();
+    let socket = DEFAULT_SERVE_SOCKET.to_string();
+    FakePool {
+        deployment: format!("warmpod-standby-{language}"),
+        language: language.into(),
+        replicas,
+        main: vec![
+            runner.clone(),
+            "--serve".into(),
+            socket.clone(),
+            "--prestart".into(),
+            language.into(),
+        ],
+        probe: vec![runner, "--serving".into(), socket],
+    }
+}
+
+/// [`config`] with a language pool per pool of `fake`.
+pub fn language_config(fake: &FakeApi, manager: &str) -> KubeConfig {
+    let languages = fake
+        .options()
+        .language_pools
+        .iter()
+        .map(|p| LanguagePool {
+            language: warmpod_protocol::Language::find(&p.language)
+                .expect("a known language")
+                .key,
+            deployment: p.deployment.clone(),
+        })
+        .collect();
+    KubeConfig {
+        languages,
+        ..config(fake, manager)
+    }
+}
+
+/// A job of `language` running `code`.
+pub fn job(language: &str, code: &str) -> Job {
+    Job {
+        language: language.into(),
+        ..python(code, 10_000)
+    }
+}
+
 /// A Python job.
 pub fn python(code: &str, wall_ms: u64) -> Job {
     Job {
@@ -108,5 +160,29 @@ pub fn python(code: &str, wall_ms: u64) -> Job {
             ..Limits::default()
         },
         compile_limits: Limits::default(),
+    }
+}
+
+/// Polls until `pool`'s claimed-pods watch sees `n` jobs in flight (60 s at most).
+pub async fn wait_in_flight(pool: &pod_manager::pool::kube::KubePool, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while pool.jobs_in_flight() != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never saw {n} jobs in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Polls `pool` until its reflector sees `n` ready pods (60 s at most).
+pub async fn wait_ready(pool: &KubePool, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while pool.stats().ready < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pool never saw {n} ready pods"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -11,6 +11,7 @@ mod helpers;
 
 mod faults;
 mod janitor;
+mod languages;
 mod lifecycle;
 mod race;
 mod scaler;

@@ -1,26 +1,12 @@
 //! Managers racing for the same pods never double-claim.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use pod_manager::pool::WarmPool;
-use pod_manager::pool::kube::KubePool;
 use uuid::Uuid;
 
 use crate::fake_api::{FakeApi, FakeOptions};
-use crate::helpers::{fake, pool};
-
-/// Polls `pool` until its reflector sees `n` ready pods (60 s at most).
-async fn wait_ready(pool: &KubePool, n: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while pool.stats().ready < n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "pool never saw {n} ready pods"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
+use crate::helpers::{fake, pool, wait_ready};
 
 fn assert_each_pod_claimed_once(fake: &FakeApi, expected: usize) {
     let claims = fake.with(|st| st.claims.clone());

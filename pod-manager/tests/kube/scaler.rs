@@ -7,7 +7,7 @@ use pod_manager::pool::kube::ScalePolicy;
 use tokio_util::sync::CancellationToken;
 
 use crate::fake_api::{FakeOptions, pods_in_state};
-use crate::helpers::{config, fake, pool, pool_with};
+use crate::helpers::{config, fake, pool, pool_with, wait_in_flight};
 
 #[tokio::test]
 async fn the_pool_scales_up_and_down_with_queue_depth() {
@@ -93,18 +93,6 @@ async fn the_scaler_loop_follows_its_depth_source() {
 
     stop.cancel();
     task.await.unwrap();
-}
-
-/// Polls until `pool`'s claimed-pods watch sees `n` jobs in flight (60 s at most).
-async fn wait_in_flight(pool: &pod_manager::pool::kube::KubePool, n: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while pool.jobs_in_flight() != n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never saw {n} jobs in flight"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test]

@@ -144,6 +144,23 @@ async fn a_poison_message_is_dead_lettered_and_consuming_goes_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_asking_for_a_fast_reply_gets_it_besides_the_final_event() {
+    let app = start(&[("WARMPOD_POOL_SIZE", "1")]).await;
+    let j = job("python", "print('fast')");
+    let mut replies = app.broker.publish_for_reply(&j).await;
+
+    let reply = replies.next(WITHIN).await;
+    let event = app.broker.wait_event(j.id, None, WITHIN).await;
+
+    assert_eq!(reply.id, j.id);
+    assert_eq!(reply.status, Status::Accepted);
+    assert_eq!(reply.result.as_ref().unwrap().stdout, "fast\n");
+    assert_eq!(reply, event, "the fast reply is a copy of the final event");
+    assert_eq!(app.broker.finals(j.id).len(), 1, "one final event, as ever");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_delivered_too_often_is_answered_and_dead_lettered() {
     let app = start(&[("WARMPOD_POOL_SIZE", "1"), ("WARMPOD_MAX_ATTEMPTS", "3")]).await;
     let j = job("python", "print('never runs')");

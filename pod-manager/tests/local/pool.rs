@@ -166,11 +166,17 @@ async fn shutdown_leaves_no_process_or_cgroup_behind() {
     assert!(matches!(err, pool::Error::Closed), "{err}");
 }
 
-/// Claims, runs and destroys `n` jobs of `language`; checks each result.
+/// Claims, runs and destroys `n` jobs of `language` (Python or
+/// JavaScript); checks each result.
 async fn run_jobs(pool: &LocalPool, language: &str, n: usize) -> Vec<&'static str> {
     let mut kinds = Vec::new();
     for i in 0..n {
-        let j = job(language, &format!("print({i})"));
+        let print = if language == "javascript" {
+            "console.log"
+        } else {
+            "print"
+        };
+        let j = job(language, &format!("{print}({i})"));
         let mut claimed = pool.claim_for(j.id, language).await.unwrap();
         kinds.push(claimed.kind());
         let r = pool.run(&mut claimed.sandbox, &j).await.unwrap();
@@ -232,6 +238,57 @@ async fn python_demand_gets_sandboxes_with_python_pre_started() {
         (Status::Accepted, "42\n"),
         "{r:?}"
     );
+    pool.destroy(claimed.sandbox).await;
+    pool.shutdown().await;
+}
+
+#[tokio::test]
+async fn javascript_demand_gets_sandboxes_with_node_pre_started() {
+    crate::helpers::init_logs();
+    let cfg = test_config(
+        &unique_prefix(),
+        &[
+            ("WARMPOD_POOL_SIZE", "2"),
+            ("WARMPOD_PRESTART_LANGUAGES", "python,javascript"),
+        ],
+    );
+    let pool = LocalPool::start(cfg.local).await.unwrap();
+    run_jobs(&pool, "javascript", 12).await;
+    wait_until(
+        "a javascript sandbox and a generic one are ready",
+        Duration::from_secs(60),
+        || {
+            let mut kinds = pool.ready_kinds();
+            kinds.sort_unstable();
+            kinds == [None, Some("javascript")]
+        },
+    )
+    .await;
+    // Inside bubblewrap the program runs as `node main.js <args>` would,
+    // in the job's directory, with the bootstrap file beside it.
+    let code = "const fs = require('fs');\n\
+                console.log(JSON.stringify([process.argv.slice(1), process.execArgv, __filename === process.cwd() + '/main.js', fs.readdirSync('.'), fs.readdirSync('/tmp').length]));";
+    let mut j = job("javascript", code);
+    j.args = vec!["a".into(), "b c".into()];
+    let mut claimed = pool.claim_for(j.id, "node").await.unwrap();
+    assert_eq!(claimed.kind(), "specialised");
+    assert_eq!(claimed.sandbox.prestarted(), Some("javascript"));
+    let r = pool.run(&mut claimed.sandbox, &j).await.unwrap();
+    let main = r
+        .stdout
+        .split('"')
+        .nth(1)
+        .expect("the main path first")
+        .to_string();
+    assert!(
+        main.starts_with(&format!("/tmp/warmpod-{}-", j.id)) && main.ends_with("/main.js"),
+        "{r:?}"
+    );
+    let expected = format!(
+        "[[\"{main}\",\"a\",\"b c\"],[\"--max-old-space-size=256\"],true,[\"main.js\"],2]\n"
+    );
+    assert_eq!(r.stdout, expected, "{r:?}");
+    assert_eq!(r.status, Status::Accepted, "{r:?}");
     pool.destroy(claimed.sandbox).await;
     pool.shutdown().await;
 }

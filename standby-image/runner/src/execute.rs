@@ -155,8 +155,10 @@ impl<L: Launcher> Runner<L> {
         // Taken in every case: an interpreter the job cannot use is killed
         // (dropped) before anything of the job runs.
         let prestarted = self.prestarted.borrow_mut().take().filter(|p| {
+            let entry = job.files.first().map_or("", |(name, _)| name.as_str());
             p.serves(
                 job.language,
+                entry,
                 job.limits.memory_kb,
                 job.compile_limits.memory_kb,
             )

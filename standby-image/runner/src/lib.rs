@@ -9,6 +9,8 @@
 //! - `spawn`: starting a program ([`Launcher`]); the only part a pre-started
 //!   interpreter replaces.
 //! - `prestart`: pre-started interpreters ([`Runner::prestart`]).
+//! - [`serve`]: one job over a unix socket (`--serve`, `--relay`), for
+//!   a standby pod whose main process pre-started the interpreter.
 //! - `supervise`: wall/CPU timer, capped output readers, cleanup.
 //! - `reaper`: subreaper, killing and reaping every descendant.
 //! - `signals`: SIGTERM & co. during a job end it cleanly, with a result.
@@ -27,6 +29,7 @@ mod job;
 mod limits;
 mod prestart;
 mod reaper;
+pub mod serve;
 mod signals;
 mod spawn;
 mod supervise;

@@ -1,7 +1,9 @@
 //! `warmpod-runner`: reads one job line on stdin, prints one result line.
 //!
 //! `--versions` prints `{language: version}`; `--check` verifies every
-//! runtime is installed (a readiness probe).
+//! runtime is installed (a readiness probe). `--serve`, `--relay` and
+//! `--serving` are the specialised standby pod's modes (see `serving` below
+//! and the library's `serve` module).
 
 use std::io::{self, Write};
 use std::panic::{self, AssertUnwindSafe};
@@ -40,6 +42,18 @@ struct Cli {
     /// Directory of the per-uid lock files (root only).
     #[arg(long, env = "WARMPOD_RUNNER_LOCK_DIR", default_value = LOCK_DIR)]
     lock_dir: PathBuf,
+    /// Serve ONE job on a unix socket at this path instead of stdin (a
+    /// standby pod's main process, usually with `--prestart`), then exit.
+    #[arg(long, value_name = "SOCKET", conflicts_with_all = ["relay", "serving", "versions", "check"])]
+    serve: Option<PathBuf>,
+    /// Copy the job line from stdin to the runner serving at this socket
+    /// and its result back; run the job here, cold, when nothing serves.
+    #[arg(long, value_name = "SOCKET", conflicts_with_all = ["prestart", "serving", "versions", "check"])]
+    relay: Option<PathBuf>,
+    /// Exit 0 if a runner serves at this socket, 1 if not (a readiness
+    /// probe; never connects).
+    #[arg(long, value_name = "SOCKET", conflicts_with_all = ["versions", "check"])]
+    serving: Option<PathBuf>,
 }
 
 /// Exit code for bad command-line configuration.
@@ -63,6 +77,12 @@ fn main() -> ExitCode {
     if cli.check {
         return check();
     }
+    if let Some(socket) = &cli.serving {
+        return serving::probe(socket);
+    }
+    if let Some(socket) = &cli.relay {
+        return serving::relay(&cli, socket);
+    }
     let prestart = match cli.prestart.as_deref().map(prestart_language).transpose() {
         Ok(language) => language,
         Err(message) => {
@@ -70,21 +90,32 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runner = Runner::start(cli.uid, &cli.lock_dir, cli.work_root);
+    let runner = Runner::start(cli.uid, &cli.lock_dir, cli.work_root.clone());
     if let (Ok(runner), Some(language)) = (&runner, prestart)
         && let Err(e) = runner.prestart(language)
     {
         // The job still runs, on the cold path.
         eprintln!("warmpod-runner: {e}");
     }
-    let result = match (runner, read_line(&mut io::stdin().lock())) {
+    if let Some(socket) = &cli.serve {
+        return serving::serve(runner, socket);
+    }
+    let result = answer(runner, read_line(&mut io::stdin().lock()));
+    print_line(&serde_json::to_string(&result))
+}
+
+/// The result for a job line read (or not) by a started (or not) runner.
+fn answer(
+    runner: Result<Runner, warmpod_runner::StartError>,
+    line: Result<Vec<u8>, warmpod_runner::JobError>,
+) -> JobResult {
+    match (runner, line) {
         (_, Err(e)) => JobResult::internal_error(Uuid::nil(), e.to_string()),
         (Err(e), Ok(line)) => {
             JobResult::internal_error(salvage_id(&line), format!("runner start-up failed: {e}"))
         }
         (Ok(runner), Ok(line)) => run_job(runner, &line),
-    };
-    print_line(&serde_json::to_string(&result))
+    }
 }
 
 /// Runs the job and ends the runner; a bug still answers with a result
@@ -137,5 +168,95 @@ fn print_line(json: &serde_json::Result<String>) -> ExitCode {
     match writeln!(out, "{json}").and_then(|()| out.flush()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(_) => ExitCode::FAILURE,
+    }
+}
+
+/// The specialised standby pod's modes: `--serve` (its main process),
+/// `--relay` (the per-job exec) and `--serving` (its readiness probe).
+mod serving {
+    use std::io;
+    use std::path::Path;
+    use std::process::ExitCode;
+
+    use warmpod_runner::serve::{Relayed, ServeSocket, is_serving};
+    use warmpod_runner::{Runner, StartError, read_line};
+
+    use super::{Cli, answer, print_line};
+
+    /// Serves one job on `socket` with `runner` (its interpreter already
+    /// pre-started, if asked): exit 0 once the result is written or a stop
+    /// signal came first; 1 when the socket cannot be served (the
+    /// container restarts and the pod never gets ready).
+    pub fn serve(runner: Result<Runner, StartError>, socket: &Path) -> ExitCode {
+        let connection = ServeSocket::bind(socket).and_then(ServeSocket::accept_one);
+        let mut connection = match connection {
+            Ok(Some(connection)) => connection,
+            // A stop signal: an unused interpreter dies with the runner.
+            Ok(None) => return finish_unused(runner),
+            Err(e) => {
+                eprintln!("warmpod-runner: serving on {}: {e}", socket.display());
+                return ExitCode::FAILURE;
+            }
+        };
+        let result = answer(runner, connection.read_job());
+        let Ok(line) = serde_json::to_string(&result) else {
+            return ExitCode::FAILURE;
+        };
+        match connection.answer(&line) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("warmpod-runner: the relay left before the result: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    fn finish_unused(runner: Result<Runner, StartError>) -> ExitCode {
+        if let Ok(runner) = runner
+            && let Err(e) = runner.finish()
+        {
+            eprintln!("warmpod-runner: recording the program uid as clean failed: {e}");
+        }
+        ExitCode::SUCCESS
+    }
+
+    /// Relays the job on stdin to the runner serving at `socket`, or runs
+    /// it here on the cold path when nothing serves there.
+    pub fn relay(cli: &Cli, socket: &Path) -> ExitCode {
+        let line = match read_line(&mut io::stdin().lock()) {
+            Ok(line) => line,
+            Err(e) => return print_line(&serde_json::to_string(&answer_no_runner(e))),
+        };
+        match warmpod_runner::serve::relay(socket, &line) {
+            // Passed on as it came: the pod-manager checks it. The
+            // connection closes once it is printed (the serving runner,
+            // a pod's main process, waits for that before it exits).
+            Relayed::Answer(result, connection) => {
+                let printed = print_line(&Ok(String::from_utf8_lossy(&result).into()));
+                drop(connection);
+                printed
+            }
+            why => {
+                eprintln!(
+                    "warmpod-runner: no serving runner answered ({why:?}); running the job cold"
+                );
+                let runner = Runner::start(cli.uid, &cli.lock_dir, cli.work_root.clone());
+                print_line(&serde_json::to_string(&answer(runner, Ok(line))))
+            }
+        }
+    }
+
+    fn answer_no_runner(e: warmpod_runner::JobError) -> warmpod_protocol::JobResult {
+        warmpod_protocol::JobResult::internal_error(uuid::Uuid::nil(), e.to_string())
+    }
+
+    /// Exit 0 if a runner serves at `socket`.
+    pub fn probe(socket: &Path) -> ExitCode {
+        if is_serving(socket) {
+            ExitCode::SUCCESS
+        } else {
+            eprintln!("warmpod-runner: nothing serves at {}", socket.display());
+            ExitCode::FAILURE
+        }
     }
 }

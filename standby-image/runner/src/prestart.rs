@@ -2,7 +2,8 @@
 //! language, its compiler) started before the job arrives, already as the
 //! program uid, each in its own session, with the clean environment and
 //! the (single-use) work directory as cwd, blocked reading its program
-//! from a private channel on fd 3, on which it first says it is ready.
+//! from a private channel (fd 3; for Node a high descriptor, see
+//! `program_fd`), on which it first says it is ready.
 //!
 //! When the job arrives, [`Prestarted::hand_over`] renames the work
 //! directory to the job's and writes its files; the [`Launcher`] it returns
@@ -12,8 +13,10 @@
 //! that arrives before its process is ready waits for it, on the step's
 //! wall clock), sends `"<stdin mode>\0<work dir>\0<argv>..."` and feeds
 //! stdin. From there supervision and verdicts are the cold path's. The
-//! language's bootstrap (`prestart/python.py`, `prestart/WarmpodBoot.java`)
-//! makes the program run as the cold command would.
+//! language's bootstrap (`prestart/python.py`, `javascript.js`,
+//! `WarmpodBoot.java`) makes the program run as the cold command would; a
+//! runtime that loads it from a file gets a [`BootstrapFile`] beside the
+//! work directory.
 //!
 //! A compiled language has two waiting processes: the compiler's and the
 //! program's. While the compile step runs, the program's process is
@@ -26,9 +29,12 @@
 //! directory).
 //!
 //! # Layout
+//! - `bootstrap_file`: the bootstrap of a runtime that loads it from a
+//!   file (Node, Java), beside the work directory;
 //! - `java`: the JVM specifics (the compiler JVM's command, javac's
-//!   arguments, the bootstrap file).
+//!   arguments, the bootstrap's file name).
 
+mod bootstrap_file;
 mod java;
 
 use std::cell::RefCell;
@@ -52,6 +58,8 @@ use crate::spawn::{self, Kept, LaunchSpec, Launched, Launcher, PROGRAM_PATH, Ste
 use crate::sys::{self, ChildSetup};
 use crate::workdir::WorkDir;
 
+use bootstrap_file::BootstrapFile;
+
 /// How long a step waits for its process, still starting up, before it
 /// is given its program anyway (its wall clock runs meanwhile).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,7 +69,32 @@ pub fn bootstrap(language: &Language) -> Option<&'static str> {
     match language.key {
         "python" => Some(include_str!("prestart/python.py")),
         "java" => Some(include_str!("prestart/WarmpodBoot.java")),
+        "javascript" => Some(include_str!("prestart/javascript.js")),
         _ => None,
+    }
+}
+
+/// The file name of `language`'s bootstrap file.
+fn bootstrap_file_name(language: &Language) -> &'static str {
+    match language.key {
+        "javascript" => "bootstrap.js",
+        "java" => java::BOOT_FILE,
+        _ => "bootstrap.txt",
+    }
+}
+
+/// The descriptor `language`'s bootstrap reads its program from: 3, or
+/// for Node a high one: its start-up opens a dozen descriptors (epoll,
+/// eventfd, pipes) after the socket, which must take the numbers they take
+/// in a cold start, so that the program's own first `open` returns the
+/// cold path's number too (`prestart/javascript.js` has the same number).
+/// 1023 fits the usual soft `RLIMIT_NOFILE` of 1024; under a lower one the
+/// spawn fails, which is logged, and the job runs cold. (Java's bootstrap
+/// reads fd 3 and answers on fd 4, see [`Channel::Pipes`].)
+fn program_fd(language: &Language) -> i32 {
+    match language.key {
+        "javascript" => 1023,
+        _ => 3,
     }
 }
 
@@ -103,15 +136,16 @@ pub struct Prestarted {
     compile: Option<Waiting>,
     /// The program's runtime.
     run: Waiting,
-    /// The bootstrap source, for runtimes that read it from a file.
-    boot: Option<java::BootFile>,
     dir: WorkDir,
+    /// Kept (after the process is gone) while the job may load it.
+    bootstrap_file: Option<BootstrapFile>,
 }
 
 /// How a waiting process talks with the runner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Channel {
-    /// One socket on fd 3: "ready" one way, the program the other.
+    /// One socket (on fd 3, or `program_fd`): "ready" one way, the program
+    /// the other.
     Socket,
     /// Two pipes, for runtimes that can only open descriptors by path
     /// (`/proc/self/fd/N`, which fails for sockets): the program comes on
@@ -141,6 +175,9 @@ struct Waiting {
 struct WaitingSpec<'a> {
     argv: &'a [String],
     channel: Channel,
+    /// The descriptor the program channel takes in the process (with
+    /// [`Channel::Socket`]; [`Channel::Pipes`] are fds 3 and 4).
+    program_fd: i32,
     /// Compilers: stdin `/dev/null`, stderr into stdout.
     compiler: bool,
 }
@@ -169,13 +206,13 @@ impl Prestarted {
         let memory_kb = ResolvedLimits::DEFAULT.memory_kb;
         let compile_memory_kb = ResolvedLimits::COMPILE_DEFAULT.memory_kb;
         let dir = WorkDir::create_for_prestart(work_root, ids).map_err(spawn_err)?;
-        let boot = template
+        let bootstrap_file = template
             .iter()
             .any(|a| a.contains("{bootstrap_file}"))
-            .then(|| java::BootFile::write(work_root, code))
+            .then(|| BootstrapFile::write(work_root, bootstrap_file_name(language), code))
             .transpose()
             .map_err(spawn_err)?;
-        let boot_path = boot
+        let boot_path = bootstrap_file
             .as_ref()
             .map(|b| b.path().to_string_lossy().into_owned());
         let channel = if java::is_jvm(language) {
@@ -192,6 +229,7 @@ impl Prestarted {
                 let spec = WaitingSpec {
                     argv: &argv,
                     channel,
+                    program_fd: program_fd(language),
                     compiler: true,
                 };
                 Some(spawn_waiting(&spec, &dir, ids).map_err(spawn_err)?)
@@ -201,16 +239,14 @@ impl Prestarted {
         let argv: Vec<String> = language::expand(template, &[language.source_file], memory_kb)
             .into_iter()
             .map(|a| {
-                let a = a.replace("{bootstrap}", code);
-                match &boot_path {
-                    Some(path) => a.replace("{bootstrap_file}", path),
-                    None => a,
-                }
+                a.replace("{bootstrap_file}", boot_path.as_deref().unwrap_or_default())
+                    .replace("{bootstrap}", code)
             })
             .collect();
         let spec = WaitingSpec {
             argv: &argv,
             channel,
+            program_fd: program_fd(language),
             compiler: false,
         };
         let run = spawn_waiting(&spec, &dir, ids).map_err(spawn_err)?;
@@ -220,8 +256,8 @@ impl Prestarted {
             compile_memory_kb,
             compile,
             run,
-            boot,
             dir,
+            bootstrap_file,
         })
     }
 
@@ -231,9 +267,16 @@ impl Prestarted {
     }
 
     /// Whether a job of `language` with memory limits of `memory_kb` (run)
-    /// and `compile_memory_kb` (compile) can run on these processes exactly
-    /// as on the cold path.
-    pub fn serves(&self, language: &Language, memory_kb: u64, compile_memory_kb: u64) -> bool {
+    /// and `compile_memory_kb` (compile) and entry point `entry` can run on
+    /// these processes exactly as on the cold path (a command that names
+    /// the entry point, like Node's, was started for the default one).
+    pub fn serves(
+        &self,
+        language: &Language,
+        entry: &str,
+        memory_kb: u64,
+        compile_memory_kb: u64,
+    ) -> bool {
         let Some(template) = self.language.prestart else {
             return false;
         };
@@ -244,7 +287,9 @@ impl Prestarted {
             .language
             .compile
             .is_none_or(|t| !uses_memory(t) || compile_memory_kb == self.compile_memory_kb);
-        language.key == self.language.key && run_ok && compile_ok
+        let names_entry = template.iter().any(|a| a.contains("{source}"));
+        let entry_ok = !names_entry || entry == self.language.source_file;
+        language.key == self.language.key && run_ok && compile_ok && entry_ok
     }
 
     /// Gives the processes to job `id`: their directory takes the job's
@@ -265,7 +310,7 @@ impl Prestarted {
             mut dir,
             compile,
             run,
-            boot,
+            bootstrap_file,
             ..
         } = self;
         if let Err(e) = dir.hand_to_job(id, owner, files, java::is_jvm(language)) {
@@ -278,7 +323,7 @@ impl Prestarted {
             dir: dir.path().to_path_buf(),
             compile: RefCell::new(compile),
             run: RefCell::new(Some(run)),
-            _boot: boot,
+            _bootstrap_file: bootstrap_file,
         };
         Ok((dir, launcher))
     }
@@ -290,7 +335,12 @@ fn spawn_waiting(
     ids: Option<(u32, u32)>,
 ) -> io::Result<Waiting> {
     // The channel first, so the child's ends have the lowest descriptors
-    // (below std's own exec-error pipe, which fd 3 and 4 must not replace).
+    // (below std's own exec-error pipe, which the dup2 onto the targets must
+    // not replace: 3 and 4, or one far above what the runner has open).
+    let target = match spec.channel {
+        Channel::Socket => spec.program_fd,
+        Channel::Pipes => 3,
+    };
     let (to_program, from_program, program_fd, ready_fd): (File, File, OwnedFd, Option<OwnedFd>) =
         match spec.channel {
             Channel::Socket => {
@@ -354,8 +404,8 @@ fn spawn_waiting(
         &mut cmd,
         ChildSetup {
             rlimits: None,
-            program_fd: Some(program_fd.as_raw_fd()),
-            ready_fd: ready_fd.as_ref().map(AsRawFd::as_raw_fd),
+            program_fd: Some((program_fd.as_raw_fd(), target)),
+            ready_fd: ready_fd.as_ref().map(|fd| (fd.as_raw_fd(), 4)),
             ids,
             parent: std::process::id() as i32,
         },
@@ -443,8 +493,8 @@ pub struct PrestartLauncher {
     dir: PathBuf,
     compile: RefCell<Option<Waiting>>,
     run: RefCell<Option<Waiting>>,
-    /// Removed once the processes are gone (or launched).
-    _boot: Option<java::BootFile>,
+    /// Removed once the launcher is dropped, after the job's processes.
+    _bootstrap_file: Option<BootstrapFile>,
 }
 
 impl PrestartLauncher {
@@ -516,34 +566,36 @@ fn tasks_of(pid: i32) -> u64 {
     fs::read_dir(format!("/proc/{pid}/task")).map_or(1, |d| d.count() as u64)
 }
 
-/// CPU time process `pid` has used, in ms: the larger of its threads'
-/// scheduler statistics (nanoseconds, live threads only) and its
-/// `/proc/<pid>/stat` total (clock ticks, exited threads included).
+/// CPU time process `pid` has used, in ms, never more than it used: the
+/// larger of its threads' scheduler statistics summed (nanoseconds; a
+/// runtime such as Node or a JVM works on several threads during start-up,
+/// and `/proc/<pid>/schedstat` is the main thread's alone) and the whole
+/// process's `/proc/<pid>/stat` (clock ticks, which also count threads that
+/// have exited).
 fn cpu_used_ms(pid: i32) -> io::Result<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let ticks = crate::reaper::parse_stat(pid, &stat)
-        .ok_or_else(|| io::Error::other("unreadable /proc stat"))?
-        .cpu_ticks;
-    let per_second = match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
-        Ok(Some(t)) if t > 0 => t as u64,
-        _ => 100,
-    };
-    let from_stat = ticks * 1000 / per_second;
-    Ok(from_stat.max(threads_schedstat_ms(pid)))
-}
-
-/// The sum of `/proc/<pid>/task/*/schedstat` run times, in ms (0 if
-/// unreadable).
-fn threads_schedstat_ms(pid: i32) -> u64 {
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    let ns: u64 = tasks
-        .flatten()
-        .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    ns / 1_000_000
+    let threads_ms = fs::read_dir(format!("/proc/{pid}/task")).map(|tasks| {
+        let ns: u64 = tasks
+            .flatten()
+            .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        ns / 1_000_000
+    });
+    let stat_ms = fs::read_to_string(format!("/proc/{pid}/stat")).and_then(|stat| {
+        let ticks = crate::reaper::parse_stat(pid, &stat)
+            .ok_or_else(|| io::Error::other("unreadable /proc stat"))?
+            .cpu_ticks;
+        let per_second = match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+            Ok(Some(t)) if t > 0 => t as u64,
+            _ => 100,
+        };
+        Ok(ticks * 1000 / per_second)
+    });
+    match (threads_ms, stat_ms) {
+        (Ok(a), Ok(b)) => Ok(a.max(b)),
+        (Ok(ms), Err(_)) | (Err(_), Ok(ms)) => Ok(ms),
+        (Err(e), Err(_)) => Err(e),
+    }
 }
 
 #[cfg(test)]
@@ -551,23 +603,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn python_and_java_are_supported() {
-        for key in ["python", "java"] {
+    fn python_javascript_and_java_are_supported() {
+        for key in ["python", "javascript", "java"] {
             assert!(supported(Language::find(key).unwrap()), "{key}");
         }
-        for key in ["javascript", "c", "cpp", "bash"] {
+        for key in ["c", "cpp", "bash"] {
             assert!(!supported(Language::find(key).unwrap()), "{key}");
         }
     }
 
     #[test]
-    fn cpu_of_a_running_process_is_read() {
+    fn the_bootstraps_read_the_descriptor_they_are_given() {
+        let js = Language::find("javascript").unwrap();
+        let expected = format!("const PROGRAM_FD = {};", program_fd(js));
+        assert!(bootstrap(js).unwrap().contains(&expected), "{expected}");
+        let python = Language::find("python").unwrap();
+        assert_eq!(program_fd(python), 3);
+        assert!(bootstrap(python).unwrap().contains("os.read(3, 65536)"));
+    }
+
+    #[test]
+    fn cpu_of_a_running_process_counts_its_threads() {
+        use nix::sys::resource::{UsageWho, getrusage};
+        use std::sync::mpsc;
         let me = std::process::id() as i32;
         let before = cpu_used_ms(me).unwrap();
-        let mut x = 0u64;
-        for i in 0..50_000_000u64 {
-            x = std::hint::black_box(x ^ i);
-        }
-        assert!(cpu_used_ms(me).unwrap() > before, "{x}");
+        let (burnt, has_burnt) = mpsc::channel();
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            // 50 ms of this thread's own CPU, then stay alive until told.
+            loop {
+                let usage = getrusage(UsageWho::RUSAGE_THREAD).unwrap();
+                let (u, s) = (usage.user_time(), usage.system_time());
+                let us = (u.tv_sec() + s.tv_sec()) * 1_000_000 + u.tv_usec() + s.tv_usec();
+                if us >= 50_000 {
+                    break;
+                }
+            }
+            burnt.send(()).unwrap();
+            let _ = stopped.recv();
+        });
+        has_burnt.recv().unwrap();
+        let after = cpu_used_ms(me).unwrap();
+        drop(stop);
+        thread.join().unwrap();
+        assert!(after >= before + 49, "{before} ms, then {after} ms");
     }
 }

@@ -4,8 +4,11 @@
 //! API server applies a JSON patch atomically against the stored object, so
 //! when two managers patch the same pod the second test fails and the API
 //! server answers 422 (or 409 on a resourceVersion conflict). The loser
-//! marks the pod as taken and tries the next one. With no ready pod the
-//! claim waits for the reflector to report one (a cold claim).
+//! marks the pod as taken and tries the next one. The standby sets are
+//! tried in the caller's order of preference (the job's language pool, then
+//! the generic pool, then the other languages' pools), every ready pod of
+//! one before the next set; with no ready pod in any, the claim waits for a
+//! reflector to report one (a cold claim), never for a particular set.
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
@@ -25,6 +28,8 @@ use crate::pool::{Error, Result};
 pub struct ClaimOutcome {
     /// The claimed pod.
     pub pod: String,
+    /// Index (in the caller's order) of the standby set it came from.
+    pub set: usize,
     /// Whether a ready pod was there at once.
     pub warm: bool,
     /// PATCH calls it took (1 unless another manager won a race).
@@ -64,67 +69,91 @@ pub fn lost_race(code: Option<u16>) -> bool {
     matches!(code, Some(404 | 409 | 422))
 }
 
-/// Claims a standby pod for `job`, waiting for one when none is ready.
+/// Claims a standby pod of `sets` (tried in that order) for `job`,
+/// waiting for one when none is ready.
 ///
 /// # Errors
 /// [`Error::Closed`] when `shutdown` fires; an API failure other than a lost
 /// race (e.g. the API server is unreachable or forbids the patch).
 pub async fn claim(
     pods: &Api<Pod>,
-    standby: &StandbySet,
+    sets: &[&StandbySet],
     manager: &str,
     job: Uuid,
     metrics: &KubeMetrics,
     shutdown: &CancellationToken,
 ) -> Result<ClaimOutcome> {
-    let mut changes = standby.subscribe();
+    let mut changes: Vec<_> = sets.iter().map(|s| s.subscribe()).collect();
     let mut attempts = 0;
     let mut warm = true;
     loop {
         if shutdown.is_cancelled() {
             return Err(Error::Closed);
         }
-        changes.borrow_and_update();
-        for pod in standby.candidates(job) {
-            let name = pod.name_any();
-            if !standby.reserve(&name) {
-                continue;
-            }
-            attempts += 1;
-            metrics.api_call("patch");
-            let patch = claim_patch(
-                pod.metadata.annotations.is_some(),
-                job,
-                manager,
-                Timestamp::now(),
-            );
-            match pods
-                .patch(&name, &PatchParams::default(), &Patch::Json::<Value>(patch))
-                .await
+        for c in &mut changes {
+            c.borrow_and_update();
+        }
+        for (set, standby) in sets.iter().enumerate() {
+            if let Some(pod) =
+                claim_from(pods, standby, manager, job, metrics, &mut attempts).await?
             {
-                Ok(_) => {
-                    return Ok(ClaimOutcome {
-                        pod: name,
-                        warm,
-                        attempts,
-                    });
-                }
-                Err(e) if lost_race(api_code(&e)) => {
-                    metrics.claim_conflict();
-                    debug!(pod = %name, %job, error = %e, "lost the claim race; trying the next pod");
-                }
-                Err(e) => {
-                    standby.release(&name);
-                    return Err(kube_error(format!("claiming pod {name}"), e));
-                }
+                return Ok(ClaimOutcome {
+                    pod,
+                    set,
+                    warm,
+                    attempts,
+                });
             }
         }
         warm = false;
+        let any_change =
+            futures::future::select_all(changes.iter_mut().map(|c| Box::pin(c.changed())));
         tokio::select! {
-            changed = changes.changed() => changed.map_err(|_| Error::Closed)?,
+            (changed, _, _) = any_change => changed.map_err(|_| Error::Closed)?,
             () = shutdown.cancelled() => return Err(Error::Closed),
         }
     }
+}
+
+/// Tries every ready pod of `standby` once, counting PATCH calls in
+/// `attempts`: the claimed pod's name, or `None` when every one was taken.
+async fn claim_from(
+    pods: &Api<Pod>,
+    standby: &StandbySet,
+    manager: &str,
+    job: Uuid,
+    metrics: &KubeMetrics,
+    attempts: &mut u32,
+) -> Result<Option<String>> {
+    for pod in standby.candidates(job) {
+        let name = pod.name_any();
+        if !standby.reserve(&name) {
+            continue;
+        }
+        *attempts += 1;
+        metrics.api_call("patch");
+        let patch = claim_patch(
+            pod.metadata.annotations.is_some(),
+            job,
+            manager,
+            Timestamp::now(),
+        );
+        match pods
+            .patch(&name, &PatchParams::default(), &Patch::Json::<Value>(patch))
+            .await
+        {
+            Ok(_) => return Ok(Some(name)),
+            Err(e) if lost_race(api_code(&e)) => {
+                metrics.claim_conflict();
+                debug!(pod = %name, %job, error = %e, "lost the claim race; trying the next pod");
+            }
+            Err(e) => {
+                standby.release(&name);
+                return Err(kube_error(format!("claiming pod {name}"), e));
+            }
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -20,6 +20,12 @@ pub const JOB: &str = "warmpod.io/job";
 pub const CLAIMED_BY: &str = "warmpod.io/claimed-by";
 /// `warmpod.io/claimed-at` (annotation): RFC 3339 time of the claim.
 pub const CLAIMED_AT: &str = "warmpod.io/claimed-at";
+/// `warmpod.io/language`: on a specialised standby pod, the key of the
+/// language whose interpreter its main process pre-started (the serving
+/// runner); generic pods do not carry it. Part of every standby
+/// Deployment's selector (generic: `DoesNotExist`), so the pools never
+/// overlap.
+pub const LANGUAGE: &str = "warmpod.io/language";
 
 /// Selector of every pod of `pool`, whatever its state.
 pub fn pool_selector(pool: &str) -> String {
@@ -29,6 +35,22 @@ pub fn pool_selector(pool: &str) -> String {
 /// Selector of `pool`'s pods in `state`.
 pub fn state_selector(pool: &str, state: &str) -> String {
     format!("{},{STATE}={state}", pool_selector(pool))
+}
+
+/// Selector of `pool`'s generic standby pods: those without a language
+/// label, or with one this manager has no pool for (`!=` also matches a
+/// missing label). Their runner runs any job.
+pub fn generic_selector(pool: &str, languages: &[&str]) -> String {
+    let mut selector = state_selector(pool, STANDBY);
+    for key in languages {
+        selector.push_str(&format!(",{LANGUAGE}!={key}"));
+    }
+    selector
+}
+
+/// Selector of `pool`'s standby pods specialised for language `key`.
+pub fn language_selector(pool: &str, key: &str) -> String {
+    format!("{},{LANGUAGE}={key}", state_selector(pool, STANDBY))
 }
 
 /// A JSON pointer to `/metadata/<map>/<key>`, with `/` in the key escaped
@@ -72,6 +94,29 @@ mod tests {
         assert_eq!(
             state_selector("default", STANDBY),
             "app.kubernetes.io/name=warmpod-standby,warmpod.io/pool=default,warmpod.io/state=standby"
+        );
+    }
+
+    #[test]
+    fn generic_and_language_pools_never_overlap() {
+        assert_eq!(
+            generic_selector("p", &[]),
+            state_selector("p", STANDBY),
+            "no language pools: every standby pod is generic"
+        );
+        assert_eq!(
+            generic_selector("p", &["python", "javascript"]),
+            format!(
+                "{},warmpod.io/language!=python,warmpod.io/language!=javascript",
+                state_selector("p", STANDBY)
+            )
+        );
+        assert_eq!(
+            language_selector("p", "python"),
+            format!(
+                "{},warmpod.io/language=python",
+                state_selector("p", STANDBY)
+            )
         );
     }
 

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
 use super::exec::ExecError;
@@ -19,7 +19,7 @@ pub struct KubeMetrics {
     exec_failures: IntCounterVec,
     claim_conflicts: IntCounter,
     janitor_deleted: IntCounter,
-    desired_replicas: IntGauge,
+    desired_replicas: IntGaugeVec,
 }
 
 impl Default for KubeMetrics {
@@ -71,9 +71,12 @@ impl Default for KubeMetrics {
                 "Abandoned claimed pods deleted by the janitor",
             )
             .expect("valid metric"),
-            desired_replicas: IntGauge::new(
-                "warmpod_kube_desired_replicas",
-                "Standby replicas the scaler last decided on",
+            desired_replicas: IntGaugeVec::new(
+                Opts::new(
+                    "warmpod_kube_desired_replicas",
+                    "Standby replicas the scaler last decided on, by Deployment",
+                ),
+                &["deployment"],
             )
             .expect("valid metric"),
         }
@@ -146,8 +149,10 @@ impl KubeMetrics {
         self.janitor_deleted.inc();
     }
 
-    /// The scaler decided on `n` replicas.
-    pub fn desired_replicas(&self, n: i32) {
-        self.desired_replicas.set(i64::from(n));
+    /// The scaler of `deployment` decided on `n` replicas.
+    pub fn desired_replicas(&self, deployment: &str, n: i32) {
+        self.desired_replicas
+            .with_label_values(&[deployment])
+            .set(i64::from(n));
     }
 }

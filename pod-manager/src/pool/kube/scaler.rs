@@ -1,8 +1,11 @@
-//! Pool sizing: the standby Deployment's replicas follow demand.
+//! Pool sizing: each standby Deployment's replicas follow demand.
 //!
 //! Demand is the jobs waiting in the queue plus the jobs running now: every
 //! queued job will claim a pod, and the running ones predict the next wave.
-//! The decision is two pure functions, apart from the client:
+//! With language pools, that total is split between the Deployments by the
+//! recent job mix and each has its own scaler (see
+//! [`KubePool::scalers`](super::KubePool::scalers)). The decision is two
+//! pure functions, apart from the client:
 //! [`desired_replicas`] (clamp to `[min, max]`, scale up at once, scale
 //! down only beyond a hysteresis band) and [`damped`] (a scale-down must be
 //! wanted for `scale_down_delay` before it happens, so a short lull does not
@@ -27,6 +30,7 @@ use tracing::{info, warn};
 
 use super::{KubeMetrics, kube_error};
 use crate::pool::Result;
+use crate::pool::mix::DemandMix;
 
 /// Bounds and damping of the standby pool size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +83,31 @@ pub fn desired_replicas(
     }
 }
 
+/// One Deployment's share of `demand` (queue depth + jobs in flight) when
+/// language pools split the pool: the total clamped to the policy's
+/// `[min, max]`, split by `mix` ([`DemandMix::split`]); `kind` is the
+/// Deployment's language key, `None` for the generic one.
+pub fn share_of_demand(
+    demand: u64,
+    policy: &ScalePolicy,
+    mix: &DemandMix,
+    kind: Option<&str>,
+) -> u64 {
+    let min = u64::try_from(policy.min).unwrap_or(0);
+    let max = u64::try_from(policy.max).unwrap_or(0).max(min);
+    let total = usize::try_from(demand.clamp(min, max)).unwrap_or(usize::MAX);
+    let split = mix.split(total);
+    let share = match kind {
+        None => split.generic,
+        Some(key) => split
+            .specialised
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map_or(0, |(_, n)| *n),
+    };
+    share as u64
+}
+
 /// Applies the scale-down delay: returns the replicas to set now and when
 /// the pending scale-down was first wanted. Scale-ups and holds clear it.
 pub fn damped(
@@ -99,30 +128,36 @@ pub fn damped(
     }
 }
 
-/// Keeps the standby Deployment sized to demand.
+/// A Deployment's demand given the queue depth: the replicas it should
+/// have before bounds, hysteresis and damping (see
+/// [`KubePool::scalers`](super::KubePool::scalers)).
+pub type Demand = Arc<dyn Fn(u64) -> u64 + Send + Sync>;
+
+/// Keeps one standby Deployment sized to demand.
 pub struct Scaler {
     deployments: Api<Deployment>,
     name: String,
     policy: ScalePolicy,
-    in_flight: Arc<dyn Fn() -> u64 + Send + Sync>,
+    demand: Demand,
     metrics: KubeMetrics,
     down_since: Mutex<Option<Instant>>,
 }
 
 impl Scaler {
-    /// A scaler of deployment `name`; `in_flight` counts running jobs.
+    /// A scaler of deployment `name` whose demand `demand` computes from
+    /// the queue depth.
     pub fn new(
         deployments: Api<Deployment>,
         name: String,
         policy: ScalePolicy,
-        in_flight: Arc<dyn Fn() -> u64 + Send + Sync>,
+        demand: Demand,
         metrics: KubeMetrics,
     ) -> Self {
         Self {
             deployments,
             name,
             policy,
-            in_flight,
+            demand,
             metrics,
             down_since: Mutex::new(None),
         }
@@ -143,8 +178,8 @@ impl Scaler {
         let current = scale.spec.and_then(|s| s.replicas).unwrap_or(0);
         let p = self.policy;
         let want = desired_replicas(
-            queue_depth,
-            (self.in_flight)(),
+            (self.demand)(queue_depth),
+            0,
             current,
             p.min,
             p.max,
@@ -161,7 +196,7 @@ impl Scaler {
             *down_since = since;
             target
         };
-        self.metrics.desired_replicas(target);
+        self.metrics.desired_replicas(&self.name, target);
         if target == current {
             return Ok(current);
         }
@@ -174,7 +209,7 @@ impl Scaler {
             )
             .await
             .map_err(|e| kube_error(format!("scaling {} to {target}", self.name), e))?;
-        info!(deployment = %self.name, from = current, to = target, queue_depth, "scaled the standby pool");
+        info!(deployment = %self.name, from = current, to = target, queue_depth, "scaled a standby pool");
         Ok(target)
     }
 
@@ -225,6 +260,31 @@ mod tests {
         for (q, f, cur, want, why) in cases {
             assert_eq!(desired_replicas(q, f, cur, 2, 10, 1), want, "{why}");
         }
+    }
+
+    #[test]
+    fn shares_split_the_clamped_total_by_the_mix() {
+        let policy = ScalePolicy {
+            min: 2,
+            max: 10,
+            ..ScalePolicy::default()
+        };
+        let mut mix = DemandMix::new(&["python", "javascript"]);
+        for _ in 0..200 {
+            mix.observe("python");
+        }
+        let shares = |demand| {
+            [None, Some("python"), Some("javascript")]
+                .map(|kind| share_of_demand(demand, &policy, &mix, kind))
+        };
+        assert_eq!(shares(6), [1, 5, 0], "one generic pod kept");
+        assert_eq!(shares(0), [1, 1, 0], "the minimum is the total's");
+        assert_eq!(shares(100), [1, 9, 0], "so is the maximum");
+        assert_eq!(
+            share_of_demand(6, &policy, &mix, Some("cobol")),
+            0,
+            "no pool"
+        );
     }
 
     #[test]

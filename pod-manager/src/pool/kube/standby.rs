@@ -1,8 +1,10 @@
 //! The in-memory set of standby pods, kept by a kube-runtime reflector.
 //!
-//! One watch (label selector `app.kubernetes.io/name=warmpod-standby,
-//! warmpod.io/pool=<pool>,warmpod.io/state=standby`) feeds a reflector
-//! store, so a claim picks a pod from memory and never lists. A pod that is
+//! One watch per pool kind (label selector `app.kubernetes.io/name=warmpod-standby,
+//! warmpod.io/pool=<pool>,warmpod.io/state=standby`, plus the
+//! `warmpod.io/language` requirement of the generic or a language's pods)
+//! feeds a reflector store, so a claim picks a pod from memory and never
+//! lists. A pod that is
 //! claimed (by anyone) stops matching the selector and leaves the store when
 //! its watch event arrives; until then the claim's `test` op protects it.
 
@@ -44,14 +46,12 @@ pub struct StandbySet {
 }
 
 impl StandbySet {
-    /// Starts the watch of `pool`'s standby pods; it stops when `shutdown`
-    /// fires. Watch errors are retried with kube-runtime's default backoff.
-    pub fn start(pods: Api<Pod>, pool: &str, shutdown: CancellationToken) -> Self {
-        let (store, changes) = reflect(
-            pods,
-            &labels::state_selector(pool, labels::STANDBY),
-            shutdown,
-        );
+    /// Starts the watch of the standby pods `selector` picks (see
+    /// [`labels::generic_selector`], [`labels::language_selector`]); it
+    /// stops when `shutdown` fires. Watch errors are retried with
+    /// kube-runtime's default backoff.
+    pub fn start(pods: Api<Pod>, selector: &str, shutdown: CancellationToken) -> Self {
+        let (store, changes) = reflect(pods, selector, shutdown);
         Self {
             store,
             changes,
@@ -117,25 +117,32 @@ impl StandbySet {
         }
         counts
     }
+}
 
-    /// The name of some ready standby pod, waiting for one if needed.
-    ///
-    /// # Errors
-    /// [`Error::Closed`] when `shutdown` fires first.
-    pub async fn wait_any_ready(&self, shutdown: &CancellationToken) -> Result<String> {
-        let mut changes = self.subscribe();
-        loop {
-            changes.borrow_and_update();
-            if let Some(pod) = self.candidates(Uuid::nil()).first() {
-                return Ok(pod.name_any());
-            }
-            tokio::select! {
-                changed = changes.changed() => changed.map_err(|_| Error::Closed)?,
-                () = shutdown.cancelled() => return Err(Error::Closed),
-            }
-            if shutdown.is_cancelled() {
-                return Err(Error::Closed);
-            }
+/// The name of some ready pod of `sets`, waiting for one if needed.
+///
+/// # Errors
+/// [`Error::Closed`] when `shutdown` fires first.
+pub async fn wait_any_ready(sets: &[&StandbySet], shutdown: &CancellationToken) -> Result<String> {
+    let mut changes: Vec<_> = sets.iter().map(|s| s.subscribe()).collect();
+    loop {
+        for c in &mut changes {
+            c.borrow_and_update();
+        }
+        let ready = sets
+            .iter()
+            .find_map(|s| s.candidates(Uuid::nil()).first().map(|p| p.name_any()));
+        if let Some(pod) = ready {
+            return Ok(pod);
+        }
+        let any_change =
+            futures::future::select_all(changes.iter_mut().map(|c| Box::pin(c.changed())));
+        tokio::select! {
+            (changed, _, _) = any_change => changed.map_err(|_| Error::Closed)?,
+            () = shutdown.cancelled() => return Err(Error::Closed),
+        }
+        if shutdown.is_cancelled() {
+            return Err(Error::Closed);
         }
     }
 }

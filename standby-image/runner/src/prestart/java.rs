@@ -11,14 +11,10 @@
 //! "."), so the work directory's pre-start name stays as a symlink to the
 //! job's (see `WorkDir::hand_to_job`).
 
-use std::fs::{self, DirBuilder, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
-
 use warmpod_protocol::{Language, language};
 
-/// The bootstrap's file name (the source-file launcher needs `.java`).
+/// The bootstrap's file name (the source-file launcher needs `.java`; the
+/// class is `WarmpodBoot`).
 pub const BOOT_FILE: &str = "WarmpodBoot.java";
 
 /// Whether `language` compiles with `javac` and runs on the JVM.
@@ -56,48 +52,6 @@ pub fn compiler_args(argv: &[String]) -> impl Iterator<Item = &str> {
         .filter(|a| !a.starts_with("-J"))
 }
 
-/// The bootstrap source in `<root>/warmpod-boot-<runner pid>/`, outside
-/// the job's directory, readable by the program uid; removed on drop.
-#[derive(Debug)]
-pub struct BootFile {
-    dir: PathBuf,
-    path: PathBuf,
-}
-
-impl BootFile {
-    /// Writes `code` into a fresh directory under `root`.
-    ///
-    /// # Errors
-    /// When the directory exists already or a write fails.
-    pub fn write(root: &Path, code: &str) -> io::Result<Self> {
-        let dir = root.join(format!("warmpod-boot-{}", std::process::id()));
-        DirBuilder::new().mode(0o755).create(&dir)?;
-        let boot = Self {
-            path: dir.join(BOOT_FILE),
-            dir,
-        };
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&boot.path)?;
-        file.write_all(code.as_bytes())?;
-        Ok(boot)
-    }
-
-    /// The file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for BootFile {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,16 +78,5 @@ mod tests {
             args,
             ["-encoding", "UTF-8", "-d", ".", "Main.java", "U.java"]
         );
-    }
-
-    #[test]
-    fn the_boot_file_is_written_and_removed() {
-        let root = tempfile::tempdir().unwrap();
-        let boot = BootFile::write(root.path(), "class X {}").unwrap();
-        assert_eq!(fs::read_to_string(boot.path()).unwrap(), "class X {}");
-        let path = boot.path().to_path_buf();
-        drop(boot);
-        assert!(!path.exists());
-        assert!(fs::read_dir(root.path()).unwrap().next().is_none());
     }
 }

@@ -54,6 +54,12 @@ impl TestJob {
         self
     }
 
+    /// Names the entry point (by default the language's source file).
+    pub fn entry_name(mut self, name: &str) -> Self {
+        self.value["files"][0]["name"] = json!(name);
+        self
+    }
+
     /// Adds a file.
     pub fn file(mut self, name: &str, content: &str) -> Self {
         self.value["files"]

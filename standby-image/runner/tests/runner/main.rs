@@ -8,3 +8,4 @@ mod languages;
 mod limits;
 mod prestart;
 mod processes;
+mod serve;

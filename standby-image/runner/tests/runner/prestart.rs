@@ -62,6 +62,161 @@ fn results_are_those_of_the_cold_path() {
     }
 }
 
+/// What a Node.js program can see of how it was started, and how it fails.
+const JS_PROGRAMS: &[&str] = &[
+    "console.log(process.argv, process.argv0, process.execArgv, process.execPath, process.title)\n\
+     console.log(__filename, __dirname, process.cwd(), require.main === module, module.id, module.paths)\n\
+     console.log(Object.keys(require.cache), process._preload_modules, require('module').globalPaths)\n\
+     console.log(process.env, require('os').homedir(), require('os').tmpdir(), process.getuid() !== 0)\n\
+     console.log(Buffer.from('x').byteOffset, require('fs').readdirSync('.'))",
+    // (Not process.moduleLoadList: a pre-started Node has loaded the stream
+    // modules a cold one loads at the program's first write.)
+    "function f() {\n  throw new TypeError('boom');\n}\nf();",
+    "foo(",
+    "console.log('partial');\nprocess.exitCode = 3;",
+    "process.stdout.write('no newline');\nprocess.exit(4);",
+    "Promise.reject(new Error('unhandled'));",
+    "process.on('exit', (c) => console.log('exit', c));\nsetTimeout(() => { throw 'thrown' }, 1);",
+    "const fs = require('fs');\nconst st = fs.fstatSync(0);\n\
+     console.log(JSON.stringify(fs.readFileSync(0, 'utf8')), st.isFIFO(), st.isCharacterDevice(), process.stdin.isTTY);",
+    "let got = '';\nprocess.stdin.on('data', (d) => got += d).on('end', () => console.log(JSON.stringify(got)));",
+    "const cp = require('child_process');\n\
+     console.log(cp.execFileSync('/usr/bin/node', ['-p', 'process.execArgv.length + process.cwd()'], { encoding: 'utf8' }));\n\
+     console.log(cp.spawnSync('/usr/bin/cat', { stdio: ['inherit', 'pipe', 'pipe'], encoding: 'utf8' }).stdout);\n\
+     require('fs').writeFileSync('child.js', 'console.log(process.execArgv, process.argv.length); process.exit(5)');\n\
+     cp.fork('child.js').on('exit', (code) => console.log('child', code));",
+    "const { Worker } = require('worker_threads');\n\
+     new Worker(\"const w = require('worker_threads'); console.log(process.execArgv, process.argv, process._preload_modules, Object.keys(require.cache), w.isMainThread, process.env.HOME === process.cwd()); throw new Error('in worker')\", { eval: true })\n\
+     .on('error', (e) => console.log('worker error', e.message));",
+    "require('fs').writeFileSync('x.mjs', 'export default import.meta.url;');\n\
+     import('./x.mjs').then((m) => console.log(m.default));\nimport('./missing.mjs').catch((e) => console.log(e.code));",
+    "console.log(new Error('here').stack);",
+    "const fs = require('fs');\nconst fd = fs.openSync('main.js', 'r');\n\
+     console.log(fd, fs.readdirSync('/proc/self/fd').length);",
+];
+
+#[test]
+fn javascript_results_are_those_of_the_cold_path() {
+    for code in JS_PROGRAMS {
+        same_both_ways(&job("javascript", code).args(&["a", "b c", "ü"]));
+        same_both_ways(&job("javascript", code).stdin("line 1\nline 2"));
+    }
+}
+
+#[test]
+fn javascript_stdin_args_and_a_second_file() {
+    let result = same_both_ways(
+        &job(
+            "javascript",
+            "const util = require('./util');\nconst line = require('fs').readFileSync(0, 'utf8').split('\\n')[0];\nconsole.log(util.twice(line), process.argv.slice(2), require.resolve('./util'));",
+        )
+        .file("util.js", "exports.twice = (s) => s + s;\n")
+        .stdin("ab\ncd\n")
+        .args(&["x", "y z"]),
+    );
+    assert_status(&result, Status::Accepted);
+    assert!(
+        result
+            .stdout
+            .starts_with("abab [ 'x', 'y z' ] /tmp/warmpod-"),
+        "{result:#?}"
+    );
+}
+
+#[test]
+fn javascript_with_another_entry_point_or_memory_limit_runs_cold() {
+    // The interpreter was started for main.js and the default heap limit.
+    let code = "console.log(__filename.endsWith('/app.js'), process.execArgv)";
+    let entry = same_both_ways(&job("javascript", code).entry_name("app.js"));
+    assert_eq!(entry.stdout, "true [ '--max-old-space-size=256' ]\n");
+    let memory = same_both_ways(&job("javascript", code).limits(json!({ "memory_kb": 65536 })));
+    assert_eq!(memory.stdout, "false [ '--max-old-space-size=64' ]\n");
+}
+
+#[test]
+fn javascript_start_up_cpu_is_not_charged() {
+    // The program prints the CPU its process had used when it began: all
+    // start-up, which the job is not charged for. Node's exit then costs
+    // 15-20 ms of CPU, which it is (as on the cold path), so the margin is
+    // not wide: the least of three runs is compared (noise only adds).
+    let code =
+        "const u = process.cpuUsage();\nconsole.log(Math.round((u.user + u.system) / 1000));";
+    let (mut charged, mut at_start) = (u64::MAX, u64::MAX);
+    for _ in 0..3 {
+        let result = job("javascript", code).run_prestarted();
+        assert_status(&result, Status::Accepted);
+        let started: u64 = result.stdout.trim().parse().expect("a number");
+        at_start = at_start.min(started);
+        charged = charged.min(result.cpu_time_ms);
+    }
+    assert!(
+        charged < at_start,
+        "charged {charged} ms, the start-up alone used {at_start} ms"
+    );
+}
+
+#[test]
+fn javascript_limits_bind() {
+    let cpu = job("javascript", "for (;;) {}")
+        .limits(json!({ "cpu_time_ms": 500, "wall_time_ms": 20000 }))
+        .run_prestarted();
+    assert_status(&cpu, Status::TimeLimitExceeded);
+    assert!(cpu.cpu_time_ms >= 500, "{cpu:#?}");
+    let wall = job("javascript", "setTimeout(() => {}, 600000);")
+        .limits(json!({ "wall_time_ms": 1000 }))
+        .run_prestarted();
+    assert_status(&wall, Status::TimeLimitExceeded);
+    let flood = job(
+        "javascript",
+        "const s = 'x'.repeat(999) + '\\n';\nfor (;;) process.stdout.write(s);",
+    )
+    .limits(json!({ "max_output_bytes": 10000 }))
+    .run_prestarted();
+    assert_status(&flood, Status::OutputLimitExceeded);
+    assert_eq!(flood.stdout.len(), 10000);
+}
+
+#[test]
+fn javascript_heap_exhaustion_is_a_memory_limit() {
+    // The default memory limit: the one the interpreter was started for.
+    let result = job(
+        "javascript",
+        "const a = [];\nfor (;;) a.push(new Array(1e6).fill(1));",
+    )
+    .limits(json!({ "cpu_time_ms": 20000, "wall_time_ms": 30000 }))
+    .run_prestarted();
+    assert_status(&result, Status::MemoryLimitExceeded);
+    assert!(
+        result.stderr.contains("JavaScript heap out of memory"),
+        "{result:#?}"
+    );
+}
+
+#[test]
+fn javascript_process_bomb_is_contained_by_the_applied_process_limit() {
+    let code = "const cp = require('child_process');\n\
+                (function next() {\n\
+                  const child = cp.spawn('/usr/bin/sleep', ['600']);\n\
+                  child.on('spawn', next).on('error', (e) => console.log(e.code));\n\
+                })();";
+    let result = job("javascript", code)
+        .limits(json!({ "max_processes": 16, "wall_time_ms": 3000 }))
+        .run_prestarted();
+    assert_status(&result, Status::TimeLimitExceeded);
+    assert!(
+        result.stdout.contains("EAGAIN"),
+        "the bomb reached max_processes: {result:#?}"
+    );
+}
+
+#[test]
+fn javascript_resource_limits_are_those_of_the_cold_path() {
+    // Every limit but the CPU one, which is raised by the start-up's CPU.
+    let code = "console.log(require('fs').readFileSync('/proc/self/limits', 'utf8').split('\\n').filter((l) => !l.startsWith('Max cpu time')).join('\\n'))";
+    let result = same_both_ways(&job("javascript", code).limits(json!({ "max_processes": 7 })));
+    assert_status(&result, Status::Accepted);
+}
+
 #[test]
 fn stdin_args_and_a_second_file() {
     let result = same_both_ways(
@@ -144,21 +299,44 @@ fn open_files_and_file_size_limits_bind() {
 
 #[test]
 fn a_job_of_another_language_runs_cold_and_the_interpreter_is_gone() {
+    for language in ["python", "javascript"] {
+        let root = tempfile::tempdir().expect("temp dir");
+        let root_arg = root.path().to_str().expect("UTF-8").to_string();
+        let test_job = job("bash", "echo hi; ls -a");
+        let line = test_job.line();
+        let (status, stdout) = run_raw(&["--prestart", language, "--work-root", &root_arg], &line);
+        assert!(status.success());
+        let result: JobResult = serde_json::from_str(stdout.trim_end()).expect("a result line");
+        assert_status(&result, Status::Accepted);
+        assert_eq!(result.stdout, "hi\n.\n..\nmain.sh\n");
+        let left: Vec<_> = fs::read_dir(root.path())
+            .expect("readable")
+            .flatten()
+            .collect();
+        assert!(left.is_empty(), "{language}: left behind: {left:?}");
+        crate::helpers::assert_nothing_left(test_job.id);
+    }
+}
+
+#[test]
+fn the_bootstrap_file_is_outside_the_job_dir_and_gone_after_the_job() {
     let root = tempfile::tempdir().expect("temp dir");
     let root_arg = root.path().to_str().expect("UTF-8").to_string();
-    let test_job = job("bash", "echo hi; ls -a");
-    let line = test_job.line();
-    let (status, stdout) = run_raw(&["--prestart", "python", "--work-root", &root_arg], &line);
+    let code =
+        "const fs = require('fs');\nconsole.log(fs.readdirSync('.'), fs.readdirSync('..').length);";
+    let test_job = job("javascript", code);
+    let args = ["--prestart", "javascript", "--work-root", &root_arg];
+    let (status, stdout) = run_raw(&args, &test_job.line());
     assert!(status.success());
     let result: JobResult = serde_json::from_str(stdout.trim_end()).expect("a result line");
     assert_status(&result, Status::Accepted);
-    assert_eq!(result.stdout, "hi\n.\n..\nmain.sh\n");
+    // The work dir and the bootstrap file beside it.
+    assert_eq!(result.stdout, "[ 'main.js' ] 2\n");
     let left: Vec<_> = fs::read_dir(root.path())
         .expect("readable")
         .flatten()
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
-    crate::helpers::assert_nothing_left(test_job.id);
 }
 
 #[test]
