@@ -42,7 +42,7 @@ clean: ## remove build output
 	$(CARGO) clean
 
 .PHONY: test-runner-prestart
-test-runner-prestart: ## the runner's whole test suite with Python and JavaScript jobs on pre-started interpreters (--prestart)
+test-runner-prestart: ## the runner's whole test suite with Python, JavaScript and Java jobs on pre-started runtimes (--prestart)
 	WARMPOD_RUNNER_TEST_PRESTART=1 scripts/with-test-cgroup.sh $(CARGO) nextest run -p warmpod-runner --profile ci --no-fail-fast
 
 RUNS ?= 300
@@ -60,7 +60,7 @@ C ?= 32
 release: ## release build of the api-server, pod-manager and runner (what bench, load, chaos run)
 	$(CARGO) build --release -p api-server -p pod-manager -p warmpod-runner
 
-bench: rabbitmq release ## e2e latency (Python, JS, C) and throughput vs bare spawns, per-phase breakdown (BENCH_ARGS=--samples 200)
+bench: rabbitmq release ## e2e latency (Python, JS, C, Java) and throughput vs bare spawns, per-phase breakdown (BENCH_ARGS=--samples 200)
 	/usr/bin/python3 bench/bench.py $(BENCH_ARGS)
 
 bench-cpu: rabbitmq release ## CPU per job (pod-manager + sandboxes, api-server, RabbitMQ) vs a bare python3 spawn; root, cgroup v1 cpuacct

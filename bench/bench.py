@@ -4,10 +4,12 @@
 Starts its own stack (bench/stack.py), then in one run:
 
 1. latency of a synchronous hello world (`POST /v1/executions?wait=true`)
-   in Python, JavaScript and C (compile + run), each sample alternating
-   with the bare command on this machine (`/usr/bin/python3 -c`,
-   `/usr/bin/node -e`, `/usr/bin/gcc` with the product's flags + run), so
-   drift hits both: p50, p90, p99 and the ratios e2e/bare;
+   in Python, JavaScript, C and Java (compile + run), each sample
+   alternating with the bare command on this machine (`/usr/bin/python3
+   -c`, `/usr/bin/node -e`, `/usr/bin/gcc` or `/usr/bin/javac` with the
+   product's flags + run), so drift hits both: p50, p90, p99 and the ratios
+   e2e/bare. Python and Java run on pre-started sandboxes
+   (`WARMPOD_PRESTART_LANGUAGES=python,java` unless set);
 2. throughput (jobs/s) of Python hello worlds at concurrency 1, 4, 8, 16,
    each block alternating with a block of the same number of bare spawns
    run 2 at a time (one per core);
@@ -42,6 +44,12 @@ BARE = {
 # machine's NODE_EXTRA_CA_CERTS alone makes a bare `node -e` ~100 ms slower).
 CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 GCC = ["/usr/bin/gcc", "-O2", "-std=gnu17", "-pipe", "-o", "main", "main.c", "-lm"]
+# The language table's Java commands with the default limits (compile 1 GiB, run 256 MiB).
+JVM_FLAGS = ["-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-XX:-UsePerfData"]
+JAVAC = ["/usr/bin/javac"] + ["-J" + f for f in JVM_FLAGS] + ["-J-Xmx1024m", "-encoding", "UTF-8", "-d", ".", "Main.java"]
+JAVA = ["/usr/bin/java"] + JVM_FLAGS + ["-Xmx256m", "-cp", ".", "Main"]
+# Compiled languages: (source file, compile command, run command).
+COMPILED = {"c": ("main.c", GCC, ["./main"]), "java": ("Main.java", JAVAC, JAVA)}
 
 
 def pct(data):
@@ -55,29 +63,31 @@ class Bare:
 
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="warmpod-bare-")
-        with open(os.path.join(self.dir, "main.c"), "w") as f:
-            f.write(PROGRAMS["c"][0])
+        for source, _, _ in COMPILED.values():
+            with open(os.path.join(self.dir, source), "w") as f:
+                f.write(PROGRAMS[{"main.c": "c", "Main.java": "java"}[source]][0])
         self.lock = threading.Lock()
         self.seq = 0
 
     def run(self, language):
         """Seconds one bare run took; checks its output."""
         t0 = time.perf_counter()
-        if language == "c":
-            # A directory per run, so parallel compiles do not share `main`.
+        if language in COMPILED:
+            source, compile_cmd, run_cmd = COMPILED[language]
+            # A directory per run, so parallel compiles do not share output.
             with self.lock:
                 self.seq += 1
                 d = os.path.join(self.dir, str(self.seq))
             os.mkdir(d)
-            os.link(os.path.join(self.dir, "main.c"), os.path.join(d, "main.c"))
-            subprocess.run(GCC, cwd=d, check=True, env=CLEAN_ENV)
-            out = subprocess.run(["./main"], cwd=d, check=True, stdout=subprocess.PIPE, env=CLEAN_ENV).stdout
+            os.link(os.path.join(self.dir, source), os.path.join(d, source))
+            subprocess.run(compile_cmd, cwd=d, check=True, env=CLEAN_ENV)
+            out = subprocess.run(run_cmd, cwd=d, check=True, stdout=subprocess.PIPE, env=CLEAN_ENV).stdout
         else:
             out = subprocess.run(BARE[language], check=True, stdout=subprocess.PIPE, env=CLEAN_ENV).stdout
         took = time.perf_counter() - t0
         if out.decode() != HELLO + "\n":
             raise RuntimeError(f"bare {language} printed {out!r}")
-        if language == "c":
+        if language in COMPILED:
             subprocess.run(["rm", "-rf", d], check=True)
         return took
 
@@ -174,7 +184,11 @@ def main():
     ap.add_argument("--concurrency", default="1,4,8,16")
     ap.add_argument("--pool-size", type=int, default=4)
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--languages", default="python,javascript,c,java",
+                    help="latency languages (Python: --samples, JS: half, C and Java: a quarter)")
     args = ap.parse_args()
+    # Java's pre-start is opt-in (docs/operations.md); the bench measures it.
+    os.environ.setdefault("WARMPOD_PRESTART_LANGUAGES", "python,java")
 
     stack = Stack(pool_size=args.pool_size)
     client = Client([stack.apis[0].port])
@@ -184,7 +198,10 @@ def main():
         before = stack.pm_metrics()
         lat = {}
         all_results = {}
-        for lang, n in (("python", args.samples), ("javascript", args.samples // 2), ("c", args.samples // 4)):
+        counts = {"python": args.samples, "javascript": args.samples // 2, "c": args.samples // 4,
+                  "java": args.samples // 4}
+        for lang in args.languages.split(","):
+            n = counts[lang]
             a, b, results = latency(client, bare, lang, max(n, 10), args.warmup)
             lat[lang] = {"e2e": pct(a), "bare": pct(b), "n": len(a)}
             all_results[lang] = results
@@ -225,11 +242,13 @@ def report(out):
     print("\nLatency of one synchronous hello world (ms), e2e alternating with bare:")
     print(f"{'language':<11} {'n':>4} | {'e2e p50':>8} {'p90':>7} {'p99':>7} | "
           f"{'bare p50':>8} {'p90':>7} {'p99':>7} | {'ratio p50':>9} {'p90':>5} {'p99':>5}")
+    print(f"  pre-started: WARMPOD_PRESTART_LANGUAGES={os.environ.get('WARMPOD_PRESTART_LANGUAGES')}")
     for lang, v in out["latency_s"].items():
         e, b = [x * 1000 for x in v["e2e"]], [x * 1000 for x in v["bare"]]
         print(f"{lang:<11} {v['n']:>4} | {e[0]:8.1f} {e[1]:7.1f} {e[2]:7.1f} | "
               f"{b[0]:8.1f} {b[1]:7.1f} {b[2]:7.1f} | {e[0]/b[0]:9.2f} {e[1]/b[1]:5.2f} {e[2]/b[2]:5.2f}")
-    print("  bare: /usr/bin/python3 -c, /usr/bin/node -e, /usr/bin/gcc -O2 -std=gnu17 -pipe + ./main; clean environment")
+    print("  bare: /usr/bin/python3 -c, /usr/bin/node -e, /usr/bin/gcc -O2 -std=gnu17 -pipe + ./main,")
+    print("        /usr/bin/javac + /usr/bin/java with the language table's flags; clean environment")
     print("\nThroughput, Python hello world (jobs/s), each e2e block alternating with a block of bare spawns 2 at a time:")
     print(f"{'concurrency':>11} | {'e2e':>7} | {'bare x2':>7} | {'ratio':>5}")
     for c, v in out["throughput"].items():
@@ -242,7 +261,7 @@ def report(out):
     print("  http_in: client send -> api-server stamps the job (HTTP, parse, validate)")
     print("  queue: stamp -> pod-manager picks it up (publish, broker confirm, routing, delivery)")
     print("  claim: a ready sandbox taken from the pool; exec: job written to the runner -> result read")
-    print("  program: the program's own run wall time inside exec, as the runner measured it (C: without the compile)")
+    print("  program: the program's own run wall time inside exec, as the runner measured it (C, Java: without the compile)")
     print("  pm_other: pod-manager between pick-up and result publish, outside claim/exec")
     print("  delivery: result published -> api-server wakes the waiter -> client has the answer")
     h = out["histogram_means_ms"]

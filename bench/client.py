@@ -14,6 +14,8 @@ PROGRAMS = {
     "python": ('print("Hello, World!")', HELLO + "\n"),
     "javascript": ('console.log("Hello, World!");', HELLO + "\n"),
     "c": ('#include <stdio.h>\nint main(void){puts("Hello, World!");return 0;}\n', HELLO + "\n"),
+    "java": ('public class Main { public static void main(String[] a) { System.out.println("Hello, World!"); } }\n',
+             HELLO + "\n"),
 }
 
 

@@ -40,7 +40,10 @@ pub const DEFAULT_SANDBOX_UID_BASE: u32 = 62_000;
 /// Default `WARMPOD_VERSIONS_INTERVAL_S`.
 pub const DEFAULT_VERSIONS_INTERVAL_S: u64 = 60;
 /// Default `WARMPOD_PRESTART_LANGUAGES`: languages whose interpreter may
-/// be pre-started in a sandbox, as the job mix asks.
+/// be pre-started in a sandbox, as the job mix asks. Not `java` (opt-in):
+/// its two warm JVMs cost two to three times a cold compile + run's CPU to start
+/// and ~220 MB per sandbox, too much for the default 2-core box's Java
+/// throughput (docs/operations.md).
 pub const DEFAULT_PRESTART_LANGUAGES: &str = "python,javascript";
 /// Default `WARMPOD_BWRAP`.
 pub const DEFAULT_BWRAP: &str = "/usr/bin/bwrap";
@@ -609,6 +612,12 @@ mod tests {
         assert_eq!(aliases.local.prestart_languages, ["python"]);
         let node = config(&[("WARMPOD_PRESTART_LANGUAGES", "node")]).unwrap();
         assert_eq!(node.local.prestart_languages, ["javascript"]);
+        let java = config(&[("WARMPOD_PRESTART_LANGUAGES", "python,jdk")]).unwrap();
+        assert_eq!(java.local.prestart_languages, ["python", "java"]);
+        assert!(
+            config(&[("WARMPOD_PRESTART_LANGUAGES", "c")]).is_err(),
+            "C has no pre-start command"
+        );
     }
 
     #[test]
@@ -625,7 +634,7 @@ mod tests {
             ("WARMPOD_CGROUPS", "yes"),
             ("AMQP_URL", "http://x"),
             ("WARMPOD_PRESTART_LANGUAGES", "cobol"),
-            ("WARMPOD_PRESTART_LANGUAGES", "python,java"),
+            ("WARMPOD_PRESTART_LANGUAGES", "python,bash"),
         ];
         for (var, value) in cases {
             let err = config(&[(var, value)]).unwrap_err();

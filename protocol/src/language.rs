@@ -15,7 +15,8 @@
 //! - `{bootstrap}`: (pre-start commands only) the runner's bootstrap code
 //!   for the language, which waits for the program on a private descriptor;
 //! - `{bootstrap_file}`: (pre-start commands only) the path of a file
-//!   holding that code, for runtimes that load it from a file.
+//!   holding that code, for runtimes that load it from a file (Node's
+//!   `-r`, Java's source-file launcher).
 
 /// How a language's memory limit is enforced by the runner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,9 +60,10 @@ pub struct Language {
     /// The command of an interpreter the runner may start before the job
     /// arrives (a pre-started runtime), for languages it supports this for.
     /// The runner substitutes `{bootstrap}` or `{bootstrap_file}`;
-    /// `{memory_mb}` takes the memory
-    /// limit the interpreter is started for (a job with another limit runs
-    /// on the cold path).
+    /// `{memory_mb}` takes the memory limit the interpreter is started for
+    /// (a job with another limit runs on the cold path). For Java it is the
+    /// program's JVM; the runner derives the compiler JVM's command from
+    /// `compile` (its `-J` options).
     pub prestart: Option<&'static [&'static str]>,
 }
 
@@ -192,7 +194,19 @@ pub static LANGUAGES: &[Language] = &[
             "java.lang.OutOfMemoryError: Metaspace",
             "java.lang.OutOfMemoryError: Requested array size exceeds VM limit",
         ],
-        prestart: None,
+        // The run command with the bootstrap (source-file mode) instead of
+        // the main class.
+        prestart: Some(&[
+            "/usr/bin/java",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            "-XX:-UsePerfData",
+            "-Xmx{memory_mb}m",
+            "-cp",
+            ".",
+            "{bootstrap_file}",
+            "run",
+        ]),
     },
     Language {
         key: "bash",

@@ -16,7 +16,7 @@ use crate::limits;
 use crate::prestart::{PrestartError, Prestarted};
 use crate::reaper;
 use crate::signals::StopSignals;
-use crate::spawn::{ForkExec, LaunchSpec, Launcher};
+use crate::spawn::{ForkExec, LaunchSpec, Launcher, StepKind};
 use crate::supervise::{self, Exit, Outcome, Watch};
 use crate::sys;
 use crate::workdir::WorkDir;
@@ -156,11 +156,16 @@ impl<L: Launcher> Runner<L> {
         // (dropped) before anything of the job runs.
         let prestarted = self.prestarted.borrow_mut().take().filter(|p| {
             let entry = job.files.first().map_or("", |(name, _)| name.as_str());
-            p.serves(job.language, job.limits.memory_kb, entry)
+            p.serves(
+                job.language,
+                entry,
+                job.limits.memory_kb,
+                job.compile_limits.memory_kb,
+            )
         });
         if let Some(prestarted) = prestarted {
             return match prestarted.hand_over(job.id, owner, &job.files) {
-                Ok((dir, launcher)) => self.execute(job, &dir, signals, &launcher),
+                Ok((dir, launcher)) => self.compile_and_execute(job, &dir, signals, &launcher),
                 Err(e) => {
                     let message = format!("creating the work directory failed: {e}");
                     JobResult::internal_error(job.id, message)
@@ -174,14 +179,25 @@ impl<L: Launcher> Runner<L> {
                 return JobResult::internal_error(job.id, message);
             }
         };
-        let compile_output = match self.compile(job, &dir, signals) {
+        self.compile_and_execute(job, &dir, signals, &self.launcher)
+        // `dir` is removed here, after every process of the job is gone.
+    }
+
+    /// Both steps, started by `launcher`.
+    fn compile_and_execute(
+        &self,
+        job: &PreparedJob,
+        dir: &WorkDir,
+        signals: Option<&StopSignals>,
+        launcher: &dyn Launcher,
+    ) -> JobResult {
+        let compile_output = match self.compile(job, dir, signals, launcher) {
             Ok(output) => output,
             Err(failure) => return *failure,
         };
-        let mut result = self.execute(job, &dir, signals, &self.launcher);
+        let mut result = self.execute(job, dir, signals, launcher);
         result.compile_output = compile_output;
         result
-        // `dir` is removed here, after every process of the job is gone.
     }
 
     /// The compile step, for compiled languages: the compiler's output, or
@@ -191,6 +207,7 @@ impl<L: Launcher> Runner<L> {
         job: &PreparedJob,
         dir: &WorkDir,
         signals: Option<&StopSignals>,
+        launcher: &dyn Launcher,
     ) -> Result<String, Box<JobResult>> {
         let Some(template) = job.language.compile else {
             return Ok(String::new());
@@ -201,9 +218,10 @@ impl<L: Launcher> Runner<L> {
             limits: &job.compile_limits,
             stdin: b"",
             merge_output: true,
+            kind: StepKind::Compile,
         };
         let outcome = self
-            .step(job, dir, &step, signals, &self.launcher)
+            .step(job, dir, &step, signals, launcher)
             .map_err(|message| Box::new(JobResult::internal_error(job.id, message)))?;
         let output = String::from_utf8_lossy(&outcome.stdout.bytes).into_owned();
         match compile_failure(job, &outcome, &output) {
@@ -226,6 +244,7 @@ impl<L: Launcher> Runner<L> {
             limits: &job.limits,
             stdin: job.stdin.as_bytes(),
             merge_output: false,
+            kind: StepKind::Run,
         };
         match self.step(job, dir, &step, signals, launcher) {
             Ok(outcome) => {
@@ -236,16 +255,16 @@ impl<L: Launcher> Runner<L> {
         }
     }
 
-    /// Tasks the program's uid will run besides the program: none for a
-    /// dedicated uid; else what `/proc` shows now plus the stdin feeder
-    /// thread the launch adds.
-    /// (A pre-started interpreter is among those counted: the caller takes
-    /// it off with [`Launcher::program_tasks_before`].)
-    fn tasks_before(&self, step: &Step<'_>) -> u64 {
+    /// Tasks the program's uid will run besides the program: for a
+    /// dedicated uid, only a later step's waiting program (`kept`); else
+    /// what `/proc` shows now plus the stdin feeder thread the launch adds,
+    /// less the step's own pre-started program.
+    fn tasks_before(&self, step: &Step<'_>, launcher: &dyn Launcher) -> u64 {
         if self.identity.is_dedicated() {
-            return 0;
+            return launcher.kept_during(step.kind).map_or(0, |k| k.tasks);
         }
-        self.identity.tasks_running() + u64::from(!step.stdin.is_empty())
+        (self.identity.tasks_running() + u64::from(!step.stdin.is_empty()))
+            .saturating_sub(launcher.program_tasks_before(step.kind))
     }
 
     fn step(
@@ -260,14 +279,10 @@ impl<L: Launcher> Runner<L> {
             argv: step.argv,
             dir: dir.path(),
             ids: self.identity.switch_to(),
-            rlimits: limits::plan(
-                job.language,
-                step.limits,
-                self.tasks_before(step)
-                    .saturating_sub(launcher.program_tasks_before()),
-            ),
+            rlimits: limits::plan(job.language, step.limits, self.tasks_before(step, launcher)),
             stdin: step.stdin,
             merge_output: step.merge_output,
+            step: step.kind,
         };
         let watch = Watch {
             wall: Duration::from_millis(step.limits.wall_time_ms),
@@ -275,6 +290,7 @@ impl<L: Launcher> Runner<L> {
             output_cap: usize::try_from(step.limits.max_output_bytes).unwrap_or(usize::MAX),
             dedicated_uid: self.identity.dedicated_uid(),
             max_tasks: (!self.identity.nproc_is_exact()).then_some(step.limits.max_processes),
+            keep: launcher.kept_during(step.kind).map(|k| k.pid),
         };
         let started = Instant::now();
         let launched = launcher
@@ -307,6 +323,7 @@ struct Step<'a> {
     limits: &'a ResolvedLimits,
     stdin: &'a [u8],
     merge_output: bool,
+    kind: StepKind,
 }
 
 /// The `compile_error` result of a failed compile step, if it failed.

@@ -44,6 +44,6 @@ pub use identity::{Identity, IdentityError, LOCK_DIR, UID_RANGE};
 pub use job::{JobError, MAX_LINE_BYTES, read_line, salvage_id};
 pub use limits::{MAX_STACK_BYTES, OPEN_FILES};
 pub use prestart::{PrestartError, supported as prestart_supported};
-pub use spawn::{ForkExec, LaunchSpec, Launched, Launcher, PROGRAM_PATH};
+pub use spawn::{ForkExec, Kept, LaunchSpec, Launched, Launcher, PROGRAM_PATH, StepKind};
 pub use supervise::POLL_INTERVAL;
 pub use versions::{VERSION_TIMEOUT, missing_programs, versions};

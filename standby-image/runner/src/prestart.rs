@@ -1,64 +1,85 @@
-//! Pre-started interpreters: a language's interpreter started before the
-//! job arrives, already as the program uid, in its own session, with the
-//! clean environment and its (single-use) work directory as cwd, blocked
-//! reading its program from a private socket (fd 3; for Node a high
-//! descriptor, see `program_fd`), on which it first says it is ready.
+//! Pre-started runtimes: a language's interpreter (and, for a compiled
+//! language, its compiler) started before the job arrives, already as the
+//! program uid, each in its own session, with the clean environment and
+//! the (single-use) work directory as cwd, blocked reading its program
+//! from a private channel (fd 3; for Node a high descriptor, see
+//! `program_fd`), on which it first says it is ready.
 //!
 //! When the job arrives, [`Prestarted::hand_over`] renames the work
 //! directory to the job's and writes its files; the [`Launcher`] it returns
-//! then applies every resource limit with `prlimit` (`RLIMIT_CPU` raised by
-//! the CPU the start-up used, which is also subtracted from the job's CPU
-//! time; a job that arrives before the interpreter is ready waits for it,
-//! on the job's wall clock), sends `"<stdin mode>\0<work dir>\0<argv>..."` and feeds stdin.
-//! From there supervision and verdicts are the cold path's. The
-//! language's bootstrap (`prestart/<key>.py`, `.js`…) makes the program run
-//! as the cold run command would; a runtime that loads it from a file gets
-//! a [`BootstrapFile`] beside the work directory.
+//! then starts each step on its waiting process: it applies the step's
+//! resource limits with `prlimit` (`RLIMIT_CPU` raised by the CPU the
+//! start-up used, which is also subtracted from the step's CPU time; a step
+//! that arrives before its process is ready waits for it, on the step's
+//! wall clock), sends `"<stdin mode>\0<work dir>\0<argv>..."` and feeds
+//! stdin. From there supervision and verdicts are the cold path's. The
+//! language's bootstrap (`prestart/python.py`, `javascript.js`,
+//! `WarmpodBoot.java`) makes the program run as the cold command would; a
+//! runtime that loads it from a file gets a [`BootstrapFile`] beside the
+//! work directory.
 //!
-//! A job of another language, or with a memory limit the interpreter was
-//! not started for, runs on the cold path: the interpreter is killed first
-//! (dropping [`Prestarted`] kills and reaps it and removes its directory).
+//! A compiled language has two waiting processes: the compiler's and the
+//! program's. While the compile step runs, the program's process is
+//! [`Kept`]: cleanup after the compile step spares it, and its threads are
+//! added to the step's `RLIMIT_NPROC` (they are not the compiler's).
+//!
+//! A job of another language, or with a memory limit the processes were
+//! not started for, runs on the cold path: they are killed first
+//! (dropping [`Prestarted`] kills and reaps them and removes the
+//! directory).
+//!
+//! # Layout
+//! - `bootstrap_file`: the bootstrap of a runtime that loads it from a
+//!   file (Node, Java), beside the work directory;
+//! - `java`: the JVM specifics (the compiler JVM's command, javac's
+//!   arguments, the bootstrap's file name).
+
+mod bootstrap_file;
+mod java;
 
 use std::cell::RefCell;
+use std::ffi::OsStr;
 use std::fs::{self, File};
-use std::io::Read;
-use std::io::{self, Write};
-use std::net::Shutdown;
-use std::os::fd::AsRawFd;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use uuid::Uuid;
 use warmpod_protocol::{Language, ResolvedLimits, language};
 
-use crate::spawn::{self, LaunchSpec, Launched, Launcher, PROGRAM_PATH};
+use crate::spawn::{self, Kept, LaunchSpec, Launched, Launcher, PROGRAM_PATH, StepKind};
 use crate::sys::{self, ChildSetup};
 use crate::workdir::WorkDir;
 
-mod bootstrap_file;
 use bootstrap_file::BootstrapFile;
 
-/// How long a job waits for an interpreter still starting up before it is
-/// given its program anyway (its wall clock runs meanwhile).
+/// How long a step waits for its process, still starting up, before it
+/// is given its program anyway (its wall clock runs meanwhile).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The bootstrap code of `language`, if the runner has one.
 pub fn bootstrap(language: &Language) -> Option<&'static str> {
     match language.key {
         "python" => Some(include_str!("prestart/python.py")),
+        "java" => Some(include_str!("prestart/WarmpodBoot.java")),
         "javascript" => Some(include_str!("prestart/javascript.js")),
         _ => None,
     }
 }
 
-/// The file name extension of `language`'s bootstrap file.
-fn bootstrap_extension(language: &Language) -> &'static str {
+/// The file name of `language`'s bootstrap file.
+fn bootstrap_file_name(language: &Language) -> &'static str {
     match language.key {
-        "javascript" => "js",
-        _ => "txt",
+        "javascript" => "bootstrap.js",
+        "java" => java::BOOT_FILE,
+        _ => "bootstrap.txt",
     }
 }
 
@@ -68,7 +89,8 @@ fn bootstrap_extension(language: &Language) -> &'static str {
 /// in a cold start, so that the program's own first `open` returns the
 /// cold path's number too (`prestart/javascript.js` has the same number).
 /// 1023 fits the usual soft `RLIMIT_NOFILE` of 1024; under a lower one the
-/// spawn fails, which is logged, and the job runs cold.
+/// spawn fails, which is logged, and the job runs cold. (Java's bootstrap
+/// reads fd 3 and answers on fd 4, see [`Channel::Pipes`].)
 fn program_fd(language: &Language) -> i32 {
     match language.key {
         "javascript" => 1023,
@@ -76,19 +98,22 @@ fn program_fd(language: &Language) -> i32 {
     }
 }
 
-/// Whether jobs of `language` can run on a pre-started interpreter.
+/// Whether jobs of `language` can run on pre-started processes.
 pub fn supported(language: &Language) -> bool {
-    language.prestart.is_some() && language.compile.is_none() && bootstrap(language).is_some()
+    language.prestart.is_some()
+        && bootstrap(language).is_some()
+        && (language.compile.is_none() || java::is_jvm(language))
 }
 
-/// Why no interpreter could be pre-started.
+/// Why nothing could be pre-started.
 #[derive(Debug, thiserror::Error)]
 pub enum PrestartError {
     /// The language has no pre-start command or bootstrap.
     #[error("language {0} cannot be pre-started")]
     Unsupported(&'static str),
-    /// Creating the directory or pipes, or spawning, failed.
-    #[error("pre-starting the {language} interpreter failed: {source}")]
+    /// Creating the directory, the bootstrap file or pipes, or spawning,
+    /// failed.
+    #[error("pre-starting the {language} runtime failed: {source}")]
     Spawn {
         /// The language's key.
         language: &'static str,
@@ -98,18 +123,34 @@ pub enum PrestartError {
     },
 }
 
-/// An interpreter waiting for its program.
+/// Processes waiting for a job's steps.
 #[derive(Debug)]
 pub struct Prestarted {
     language: &'static Language,
-    /// The memory limit (KiB) its command was expanded for.
+    /// The memory limit (KiB) the run command was expanded for.
     memory_kb: u64,
-    /// Dropped first (fields drop in order): the process dies before its
-    /// directory is removed.
-    waiting: Waiting,
+    /// The memory limit (KiB) the compiler's command was expanded for.
+    compile_memory_kb: u64,
+    /// The compiler, for compiled languages. Dropped first (fields drop in
+    /// order): the processes die before their files are removed.
+    compile: Option<Waiting>,
+    /// The program's runtime.
+    run: Waiting,
     dir: WorkDir,
     /// Kept (after the process is gone) while the job may load it.
     bootstrap_file: Option<BootstrapFile>,
+}
+
+/// How a waiting process talks with the runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Channel {
+    /// One socket (on fd 3, or `program_fd`): "ready" one way, the program
+    /// the other.
+    Socket,
+    /// Two pipes, for runtimes that can only open descriptors by path
+    /// (`/proc/self/fd/N`, which fails for sockets): the program comes on
+    /// fd 3, "ready" goes out on fd 4.
+    Pipes,
 }
 
 /// The waiting process and the runner's ends of its pipes. Dropped unused,
@@ -117,58 +158,104 @@ pub struct Prestarted {
 #[derive(Debug)]
 struct Waiting {
     pid: i32,
-    program: Option<UnixStream>,
+    /// Where its program is written.
+    to_program: Option<File>,
+    /// Where it says "ready".
+    from_program: Option<File>,
+    /// Its stdin (none: `/dev/null`, for compilers).
     stdin: Option<File>,
     stdout: Option<File>,
+    /// Its stderr (none: merged into stdout, for compilers).
     stderr: Option<File>,
     /// Set once launched: supervision then owns (and reaps) the process.
     launched: bool,
 }
 
+/// How to start one waiting process.
+struct WaitingSpec<'a> {
+    argv: &'a [String],
+    channel: Channel,
+    /// The descriptor the program channel takes in the process (with
+    /// [`Channel::Socket`]; [`Channel::Pipes`] are fds 3 and 4).
+    program_fd: i32,
+    /// Compilers: stdin `/dev/null`, stderr into stdout.
+    compiler: bool,
+}
+
 impl Prestarted {
-    /// Starts `language`'s interpreter as `ids` in a fresh directory under
-    /// `work_root`, for jobs with the default memory limit.
+    /// Starts `language`'s runtime (and compiler) as `ids` in a fresh
+    /// directory under `work_root`, for jobs with the default memory
+    /// limits.
     ///
     /// # Errors
     /// See [`PrestartError`].
     pub fn start(
         language: &'static Language,
         ids: Option<(u32, u32)>,
-        work_root: &std::path::Path,
+        work_root: &Path,
     ) -> Result<Self, PrestartError> {
         let (Some(template), Some(code), true) =
             (language.prestart, bootstrap(language), supported(language))
         else {
             return Err(PrestartError::Unsupported(language.key));
         };
-        let memory_kb = ResolvedLimits::DEFAULT.memory_kb;
         let spawn_err = |source| PrestartError::Spawn {
             language: language.key,
             source,
         };
+        let memory_kb = ResolvedLimits::DEFAULT.memory_kb;
+        let compile_memory_kb = ResolvedLimits::COMPILE_DEFAULT.memory_kb;
+        let dir = WorkDir::create_for_prestart(work_root, ids).map_err(spawn_err)?;
         let bootstrap_file = template
             .iter()
             .any(|a| a.contains("{bootstrap_file}"))
-            .then(|| BootstrapFile::write(work_root, bootstrap_extension(language), code))
+            .then(|| BootstrapFile::write(work_root, bootstrap_file_name(language), code))
             .transpose()
             .map_err(spawn_err)?;
-        let file_path = bootstrap_file
+        let boot_path = bootstrap_file
             .as_ref()
-            .map(|f| f.path().to_string_lossy().into_owned())
-            .unwrap_or_default();
+            .map(|b| b.path().to_string_lossy().into_owned());
+        let channel = if java::is_jvm(language) {
+            Channel::Pipes
+        } else {
+            Channel::Socket
+        };
+        // The compiler first: its step comes first.
+        let compile = match (language.compile, &boot_path) {
+            (None, _) => None,
+            (Some(_), Some(boot)) => {
+                let argv = java::compiler_command(language, compile_memory_kb, boot)
+                    .ok_or(PrestartError::Unsupported(language.key))?;
+                let spec = WaitingSpec {
+                    argv: &argv,
+                    channel,
+                    program_fd: program_fd(language),
+                    compiler: true,
+                };
+                Some(spawn_waiting(&spec, &dir, ids).map_err(spawn_err)?)
+            }
+            (Some(_), None) => return Err(PrestartError::Unsupported(language.key)),
+        };
         let argv: Vec<String> = language::expand(template, &[language.source_file], memory_kb)
             .into_iter()
             .map(|a| {
-                a.replace("{bootstrap_file}", &file_path)
+                a.replace("{bootstrap_file}", boot_path.as_deref().unwrap_or_default())
                     .replace("{bootstrap}", code)
             })
             .collect();
-        let dir = WorkDir::create_for_prestart(work_root, ids).map_err(spawn_err)?;
-        let waiting = spawn_waiting(&argv, &dir, ids, program_fd(language)).map_err(spawn_err)?;
+        let spec = WaitingSpec {
+            argv: &argv,
+            channel,
+            program_fd: program_fd(language),
+            compiler: false,
+        };
+        let run = spawn_waiting(&spec, &dir, ids).map_err(spawn_err)?;
         Ok(Self {
             language,
             memory_kb,
-            waiting,
+            compile_memory_kb,
+            compile,
+            run,
             dir,
             bootstrap_file,
         })
@@ -179,28 +266,38 @@ impl Prestarted {
         self.language
     }
 
-    /// Whether a job of `language` with a memory limit of `memory_kb` and
-    /// entry point `entry` can run on this interpreter exactly as on the
-    /// cold path (a command that names the entry point, like Node's, was
-    /// started for the default one).
-    pub fn serves(&self, language: &Language, memory_kb: u64, entry: &str) -> bool {
+    /// Whether a job of `language` with memory limits of `memory_kb` (run)
+    /// and `compile_memory_kb` (compile) and entry point `entry` can run on
+    /// these processes exactly as on the cold path (a command that names
+    /// the entry point, like Node's, was started for the default one).
+    pub fn serves(
+        &self,
+        language: &Language,
+        entry: &str,
+        memory_kb: u64,
+        compile_memory_kb: u64,
+    ) -> bool {
         let Some(template) = self.language.prestart else {
             return false;
         };
-        let uses_memory = template.iter().any(|a| a.contains("{memory_mb}"))
-            || self.language.run.iter().any(|a| a.contains("{memory_mb}"));
+        let uses_memory = |t: &[&str]| t.iter().any(|a| a.contains("{memory_mb}"));
+        let run_ok = !(uses_memory(template) || uses_memory(self.language.run))
+            || memory_kb == self.memory_kb;
+        let compile_ok = self
+            .language
+            .compile
+            .is_none_or(|t| !uses_memory(t) || compile_memory_kb == self.compile_memory_kb);
         let names_entry = template.iter().any(|a| a.contains("{source}"));
-        language.key == self.language.key
-            && (!uses_memory || memory_kb == self.memory_kb)
-            && (!names_entry || entry == self.language.source_file)
+        let entry_ok = !names_entry || entry == self.language.source_file;
+        language.key == self.language.key && run_ok && compile_ok && entry_ok
     }
 
-    /// Gives the interpreter to job `id`: its directory takes the job's
+    /// Gives the processes to job `id`: their directory takes the job's
     /// name and `files` (owned by `owner`). Returns the directory and the
-    /// launcher that starts the job's run step on the interpreter.
+    /// launcher that starts the job's steps on them.
     ///
     /// # Errors
-    /// When the directory cannot be renamed or written (the interpreter is
+    /// When the directory cannot be renamed or written (the processes are
     /// then killed).
     pub fn hand_over(
         self,
@@ -211,16 +308,21 @@ impl Prestarted {
         let Self {
             language,
             mut dir,
-            waiting,
+            compile,
+            run,
             bootstrap_file,
             ..
         } = self;
-        // On failure `waiting` is dropped: the interpreter is killed.
-        dir.hand_to_job(id, owner, files)?;
+        if let Err(e) = dir.hand_to_job(id, owner, files, java::is_jvm(language)) {
+            // Killed before their directory goes.
+            drop((compile, run));
+            return Err(e);
+        }
         let launcher = PrestartLauncher {
             language,
             dir: dir.path().to_path_buf(),
-            waiting: RefCell::new(Some(waiting)),
+            compile: RefCell::new(compile),
+            run: RefCell::new(Some(run)),
             _bootstrap_file: bootstrap_file,
         };
         Ok((dir, launcher))
@@ -228,35 +330,82 @@ impl Prestarted {
 }
 
 fn spawn_waiting(
-    argv: &[String],
+    spec: &WaitingSpec<'_>,
     dir: &WorkDir,
     ids: Option<(u32, u32)>,
-    program_fd: i32,
 ) -> io::Result<Waiting> {
-    // The program socket first, so the child's end has the lowest
-    // descriptor (below std's own exec-error pipe, which the dup2 onto
-    // `program_fd` must not replace: 3, or one far above what the runner
-    // has open).
-    let (program_write, program_read) = UnixStream::pair()?;
-    let (stdin_read, stdin_write) = spawn::pipe()?;
-    let (out_read, out_write) = spawn::pipe()?;
-    let (err_read, err_write) = spawn::pipe()?;
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..])
+    // The channel first, so the child's ends have the lowest descriptors
+    // (below std's own exec-error pipe, which the dup2 onto the targets must
+    // not replace: 3 and 4, or one far above what the runner has open).
+    let target = match spec.channel {
+        Channel::Socket => spec.program_fd,
+        Channel::Pipes => 3,
+    };
+    let (to_program, from_program, program_fd, ready_fd): (File, File, OwnedFd, Option<OwnedFd>) =
+        match spec.channel {
+            Channel::Socket => {
+                let (ours, theirs) = UnixStream::pair()?;
+                let reading = OwnedFd::from(ours.try_clone()?);
+                (
+                    File::from(OwnedFd::from(ours)),
+                    File::from(reading),
+                    OwnedFd::from(theirs),
+                    None,
+                )
+            }
+            Channel::Pipes => {
+                let (program_read, program_write) = spawn::pipe()?;
+                let (ready_read, ready_write) = spawn::pipe()?;
+                // Reopened by path, a pipe checks its owner: the program's.
+                if let Some((uid, gid)) = ids {
+                    for end in [&program_read, &ready_write] {
+                        nix::unistd::fchown(
+                            end,
+                            Some(nix::unistd::Uid::from_raw(uid)),
+                            Some(nix::unistd::Gid::from_raw(gid)),
+                        )?;
+                    }
+                }
+                (
+                    File::from(program_write),
+                    File::from(ready_read),
+                    program_read,
+                    Some(ready_write),
+                )
+            }
+        };
+    let mut cmd = Command::new(&spec.argv[0]);
+    cmd.args(&spec.argv[1..])
         .env_clear()
         .env("PATH", PROGRAM_PATH)
         .env("HOME", dir.path())
         .env("TMPDIR", dir.path())
         .env("LANG", "C.UTF-8")
-        .current_dir(dir.path())
-        .stdin(Stdio::from(stdin_read))
-        .stdout(Stdio::from(out_write))
-        .stderr(Stdio::from(err_write));
+        .current_dir(dir.path());
+    let mut stdin = None;
+    if spec.compiler {
+        cmd.stdin(Stdio::null());
+    } else {
+        let (read, write) = spawn::pipe()?;
+        cmd.stdin(Stdio::from(read));
+        stdin = Some(File::from(write));
+    }
+    let (out_read, out_write) = spawn::pipe()?;
+    let mut stderr = None;
+    if spec.compiler {
+        cmd.stderr(Stdio::from(out_write.try_clone()?));
+    } else {
+        let (read, write) = spawn::pipe()?;
+        cmd.stderr(Stdio::from(write));
+        stderr = Some(File::from(read));
+    }
+    cmd.stdout(Stdio::from(out_write));
     sys::install_child_setup(
         &mut cmd,
         ChildSetup {
             rlimits: None,
-            program_fd: Some((program_read.as_raw_fd(), program_fd)),
+            program_fd: Some((program_fd.as_raw_fd(), target)),
+            ready_fd: ready_fd.as_ref().map(|fd| (fd.as_raw_fd(), 4)),
             ids,
             parent: std::process::id() as i32,
         },
@@ -264,15 +413,66 @@ fn spawn_waiting(
     let child = cmd.spawn()?;
     // Our copies of the child's ends must close, so EOF and EPIPE work.
     drop(cmd);
-    drop(program_read);
+    drop((program_fd, ready_fd));
     Ok(Waiting {
         pid: i32::try_from(child.id()).map_err(io::Error::other)?,
-        program: Some(program_write),
-        stdin: Some(File::from(stdin_write)),
+        to_program: Some(to_program),
+        from_program: Some(from_program),
+        stdin,
         stdout: Some(File::from(out_read)),
-        stderr: Some(File::from(err_read)),
+        stderr,
         launched: false,
     })
+}
+
+impl Waiting {
+    /// Starts the step `spec` describes on this process, with `payload`
+    /// (the program's words of the command) after the header's stdin mode
+    /// and work directory.
+    fn launch(&mut self, spec: &LaunchSpec<'_>, payload: &[&OsStr]) -> io::Result<Launched> {
+        let missing = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
+        let from_program = self
+            .from_program
+            .take()
+            .ok_or_else(|| missing("no program channel"))?;
+        wait_ready(&from_program);
+        drop(from_program);
+        let cpu_before_ms = cpu_used_ms(self.pid)?;
+        let mut rlimits = spec.rlimits;
+        rlimits.cpu_seconds = rlimits
+            .cpu_seconds
+            .saturating_add(cpu_before_ms.div_ceil(1000));
+        sys::prlimit(self.pid, &rlimits.rlimits(), spec.ids)?;
+        let mut header = Vec::new();
+        header.extend_from_slice(if spec.stdin.is_empty() {
+            b"null"
+        } else {
+            b"pipe"
+        });
+        for field in std::iter::once(spec.dir.as_os_str()).chain(payload.iter().copied()) {
+            header.push(0);
+            header.extend_from_slice(field.as_bytes());
+        }
+        // Without input, the pipe closes here: reads see EOF at once.
+        if let (Some(pipe), false) = (self.stdin.take(), spec.stdin.is_empty()) {
+            spawn::feed(pipe, spec.stdin.to_vec())?;
+        }
+        // From here the process is the job's: supervision reaps it.
+        let launched = Launched {
+            pid: self.pid,
+            stdout: self.stdout.take().ok_or_else(|| missing("no stdout"))?,
+            stderr: self.stderr.take(),
+            cpu_before_ms,
+        };
+        if let Some(mut to_program) = self.to_program.take()
+            && let Err(e) = to_program.write_all(&header)
+        {
+            // Dead already (e.g. killed): supervision reports what it was.
+            eprintln!("warmpod-runner: sending the program to the pre-started process failed: {e}");
+        }
+        self.launched = true;
+        Ok(launched)
+    }
 }
 
 impl Drop for Waiting {
@@ -286,87 +486,79 @@ impl Drop for Waiting {
     }
 }
 
-/// Starts a job's run step on a pre-started interpreter (once).
+/// Starts a job's steps on pre-started processes (each once).
 #[derive(Debug)]
 pub struct PrestartLauncher {
     language: &'static Language,
-    dir: std::path::PathBuf,
-    waiting: RefCell<Option<Waiting>>,
+    dir: PathBuf,
+    compile: RefCell<Option<Waiting>>,
+    run: RefCell<Option<Waiting>>,
     /// Removed once the launcher is dropped, after the job's processes.
     _bootstrap_file: Option<BootstrapFile>,
 }
 
+impl PrestartLauncher {
+    fn slot(&self, step: StepKind) -> &RefCell<Option<Waiting>> {
+        match step {
+            StepKind::Compile => &self.compile,
+            StepKind::Run => &self.run,
+        }
+    }
+}
+
 impl Launcher for PrestartLauncher {
-    fn program_tasks_before(&self) -> u64 {
-        self.waiting
+    fn program_tasks_before(&self, step: StepKind) -> u64 {
+        self.slot(step)
             .borrow()
             .as_ref()
             .map_or(0, |w| tasks_of(w.pid))
     }
 
+    fn kept_during(&self, step: StepKind) -> Option<Kept> {
+        if step != StepKind::Compile {
+            return None;
+        }
+        self.run.borrow().as_ref().map(|w| Kept {
+            pid: w.pid,
+            tasks: tasks_of(w.pid),
+        })
+    }
+
     fn launch(&self, spec: &LaunchSpec<'_>) -> io::Result<Launched> {
         let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
-        // The run command's words before `{source}` are the interpreter's.
-        let skip = self.language.run.len().saturating_sub(1);
-        if spec.merge_output || spec.dir != self.dir || spec.argv.len() <= skip {
-            return Err(invalid("not the run step the interpreter was started for"));
+        if spec.dir != self.dir || spec.merge_output != (spec.step == StepKind::Compile) {
+            return Err(invalid("not a step the processes were started for"));
         }
+        let payload: Vec<&OsStr> = match spec.step {
+            StepKind::Compile => java::compiler_args(spec.argv).map(OsStr::new).collect(),
+            StepKind::Run => {
+                // The run command's words before `{source}` are the runtime's.
+                let skip = self.language.run.len().saturating_sub(1);
+                if spec.argv.len() <= skip {
+                    return Err(invalid("not the run command the runtime was started for"));
+                }
+                spec.argv[skip..].iter().map(OsStr::new).collect()
+            }
+        };
         let mut waiting = self
-            .waiting
+            .slot(spec.step)
             .borrow_mut()
             .take()
-            .ok_or_else(|| invalid("the pre-started interpreter was used already"))?;
-        let mut program = waiting
-            .program
-            .take()
-            .ok_or_else(|| invalid("no program socket"))?;
-        wait_ready(&mut program);
-        let cpu_before_ms = cpu_used_ms(waiting.pid)?;
-        let mut rlimits = spec.rlimits;
-        rlimits.cpu_seconds = rlimits
-            .cpu_seconds
-            .saturating_add(cpu_before_ms.div_ceil(1000));
-        sys::prlimit(waiting.pid, &rlimits.rlimits(), spec.ids)?;
-        let mut header = Vec::new();
-        header.extend_from_slice(if spec.stdin.is_empty() {
-            b"null"
-        } else {
-            b"pipe"
-        });
-        for field in std::iter::once(spec.dir.as_os_str())
-            .chain(spec.argv[skip..].iter().map(std::ffi::OsStr::new))
-        {
-            header.push(0);
-            header.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(field));
-        }
-        let stdin = waiting.stdin.take();
-        if let (Some(pipe), false) = (stdin, spec.stdin.is_empty()) {
-            spawn::feed(pipe, spec.stdin.to_vec())?;
-        }
-        // From here the process is the job's: supervision reaps it.
-        let launched = Launched {
-            pid: waiting.pid,
-            stdout: waiting.stdout.take().ok_or_else(|| invalid("no stdout"))?,
-            stderr: waiting.stderr.take(),
-            cpu_before_ms,
-        };
-        if let Err(e) = program.write_all(&header) {
-            // Dead already (e.g. killed): supervision reports what it was.
-            eprintln!("warmpod-runner: sending the program to the interpreter failed: {e}");
-        }
-        let _ = program.shutdown(Shutdown::Both);
-        waiting.launched = true;
-        Ok(launched)
+            .ok_or_else(|| invalid("no pre-started process for this step (or used already)"))?;
+        waiting.launch(spec, &payload)
     }
 }
 
-/// Waits (at most [`READY_TIMEOUT`]) for the interpreter's "ready" byte;
-/// an interpreter that died or hangs gets its program anyway, and
-/// supervision reports what happened.
-fn wait_ready(program: &mut UnixStream) {
-    let _ = program.set_read_timeout(Some(READY_TIMEOUT));
-    let mut byte = [0u8; 1];
-    let _ = program.read(&mut byte);
+/// Waits (at most [`READY_TIMEOUT`]) for the process's "ready" byte; a
+/// process that died or hangs gets its program anyway, and supervision
+/// reports what happened.
+fn wait_ready(channel: &File) {
+    let mut fds = [PollFd::new(channel.as_fd(), PollFlags::POLLIN)];
+    let timeout = PollTimeout::try_from(READY_TIMEOUT).unwrap_or(PollTimeout::MAX);
+    if matches!(poll(&mut fds, timeout), Ok(n) if n > 0) {
+        let mut byte = [0u8; 1];
+        let _ = (&*channel).read(&mut byte);
+    }
 }
 
 /// Threads of process `pid` (1 if unreadable).
@@ -411,11 +603,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn python_and_javascript_are_supported() {
-        for key in ["python", "javascript"] {
+    fn python_javascript_and_java_are_supported() {
+        for key in ["python", "javascript", "java"] {
             assert!(supported(Language::find(key).unwrap()), "{key}");
         }
-        for key in ["c", "cpp", "java", "bash"] {
+        for key in ["c", "cpp", "bash"] {
             assert!(!supported(Language::find(key).unwrap()), "{key}");
         }
     }

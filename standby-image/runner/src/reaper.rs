@@ -7,6 +7,12 @@
 //! program's process group, everything the dedicated uid owns, and every
 //! process whose parent chain leads to the runner; [`reap_all`] repeats
 //! that and reaps until `wait` says `ECHILD`.
+//!
+//! Each takes a `keep`: the pid of a process to spare (a later step's
+//! pre-started program, waiting as the same uid; see `prestart`). It is
+//! neither killed nor reaped, nor counted in [`descendants_usage`]; the
+//! dedicated uid's processes are then found in `/proc` instead of with
+//! `kill(-1)`, and reaping ends when `keep` is the runner's last child.
 
 use std::collections::HashMap;
 use std::fs;
@@ -39,50 +45,123 @@ pub struct ReapedUsage {
 }
 
 /// SIGKILLs the process group `pgid`, everything `dedicated_uid` owns, and,
-/// with `scan`, every descendant of the runner found in `/proc`.
+/// with `scan`, every descendant of the runner found in `/proc`; never
+/// `keep`.
 ///
 /// Without `scan`, descendants outside the group are left to [`reap_all`],
 /// which finds them as the runner's own children once their parents are
 /// gone (that is what the subreaper is for) and only then scans `/proc`.
-pub fn kill_everything(pgid: Option<i32>, dedicated_uid: Option<u32>, scan: bool) {
-    if let Some(pgid) = pgid {
+pub fn kill_everything(
+    pgid: Option<i32>,
+    dedicated_uid: Option<u32>,
+    scan: bool,
+    keep: Option<i32>,
+) {
+    let kill = |pid: i32| {
+        if Some(pid) != keep {
+            let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    };
+    if let Some(pgid) = pgid.filter(|&g| Some(g) != keep) {
         let _ = signal::killpg(Pid::from_raw(pgid), Signal::SIGKILL);
     }
-    if let Some(uid) = dedicated_uid {
-        let _ = sys::kill_all_owned_by(uid);
+    match (dedicated_uid, keep) {
+        (Some(uid), None) => {
+            let _ = sys::kill_all_owned_by(uid);
+        }
+        (Some(uid), Some(_)) => owned_by(uid).into_iter().for_each(kill),
+        (None, _) => {}
     }
     if scan {
         for p in descendants(std::process::id() as i32) {
-            let _ = signal::kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+            kill(p.pid);
         }
     }
 }
 
-/// Kills and reaps every child until none is left (or [`REAP_DEADLINE`]).
+/// Kills and reaps every child but `keep` until none is left (or
+/// [`REAP_DEADLINE`]).
 ///
 /// # Errors
 /// `TimedOut` when children were still alive at the deadline.
-pub fn reap_all(dedicated_uid: Option<u32>) -> io::Result<ReapedUsage> {
+pub fn reap_all(dedicated_uid: Option<u32>, keep: Option<i32>) -> io::Result<ReapedUsage> {
     let deadline = Instant::now() + REAP_DEADLINE;
     let mut usage = ReapedUsage::default();
     loop {
-        match sys::wait4(-1, true) {
-            Ok(Some(reaped)) => usage.add(&reaped.rusage),
-            Ok(None) => {
+        match reap_one(keep)? {
+            Reap::Reaped(rusage) => usage.add(&rusage),
+            Reap::Alive => {
                 if Instant::now() > deadline {
                     return Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "descendants still alive after SIGKILL",
                     ));
                 }
-                kill_everything(None, dedicated_uid, true);
+                kill_everything(None, dedicated_uid, true, keep);
                 // Give the killed processes a moment to become zombies.
                 std::thread::sleep(Duration::from_millis(1));
             }
-            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return Ok(usage),
+            Reap::NoneLeft => return Ok(usage),
+        }
+    }
+}
+
+/// What one non-blocking reap found.
+enum Reap {
+    Reaped(libc::rusage),
+    Alive,
+    NoneLeft,
+}
+
+/// Reaps one exited child but `keep`, if any. (`wait4(-1)` cannot leave
+/// one child out, so with `keep` the children are listed from `/proc`.)
+fn reap_one(keep: Option<i32>) -> io::Result<Reap> {
+    let Some(keep) = keep else {
+        return match sys::wait4(-1, true) {
+            Ok(Some(reaped)) => Ok(Reap::Reaped(reaped.rusage)),
+            Ok(None) => Ok(Reap::Alive),
+            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => Ok(Reap::NoneLeft),
+            Err(e) => Err(e),
+        };
+    };
+    let me = std::process::id() as i32;
+    let children: Vec<i32> = process_table()
+        .into_iter()
+        .filter(|p| p.ppid == me && p.pid != keep)
+        .map(|p| p.pid)
+        .collect();
+    if children.is_empty() {
+        return Ok(Reap::NoneLeft);
+    }
+    for pid in children {
+        match sys::wait4(pid, true) {
+            Ok(Some(reaped)) => return Ok(Reap::Reaped(reaped.rusage)),
+            // Reaped already (listed while exiting): look again.
+            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return Ok(Reap::Alive),
+            Ok(None) => {}
             Err(e) => return Err(e),
         }
     }
+    Ok(Reap::Alive)
+}
+
+/// Pids of the processes whose real, effective or saved uid is `uid`
+/// (those `kill(-1)` as `uid` reaches).
+fn owned_by(uid: u32) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Uid:"))
+                    .is_some_and(|ids| ids.split_whitespace().take(3).any(|v| v == uid.to_string()))
+            })
+        })
+        .collect()
 }
 
 impl ReapedUsage {
@@ -145,10 +224,11 @@ pub struct TreeUsage {
     pub tasks: u64,
 }
 
-/// Sums [`TreeUsage`] over every descendant of the runner.
-pub fn descendants_usage() -> TreeUsage {
+/// Sums [`TreeUsage`] over every descendant of the runner but `keep`.
+pub fn descendants_usage(keep: Option<i32>) -> TreeUsage {
     descendants(std::process::id() as i32)
         .iter()
+        .filter(|p| Some(p.pid) != keep)
         .fold(TreeUsage::default(), |acc, p| TreeUsage {
             cpu_ticks: acc.cpu_ticks + p.cpu_ticks,
             tasks: acc.tasks + p.threads,

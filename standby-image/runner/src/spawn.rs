@@ -34,6 +34,27 @@ pub struct LaunchSpec<'a> {
     pub stdin: &'a [u8],
     /// Whether stderr goes into the stdout pipe (compilers).
     pub merge_output: bool,
+    /// Which step of the job the program is.
+    pub step: StepKind,
+}
+
+/// The steps of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepKind {
+    /// The compile step (compiled languages).
+    Compile,
+    /// The run step.
+    Run,
+}
+
+/// A process that exists during a step without being its program: a
+/// later step's pre-started program, waiting as the same uid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kept {
+    /// Its pid: the step's cleanup spares it.
+    pub pid: i32,
+    /// Its tasks (threads included), which `RLIMIT_NPROC` counts too.
+    pub tasks: u64,
 }
 
 /// A started program.
@@ -58,11 +79,17 @@ pub trait Launcher {
     /// When the program cannot be started (fork, exec or setup failed).
     fn launch(&self, spec: &LaunchSpec<'_>) -> io::Result<Launched>;
 
-    /// Processes (threads included) of the program that exist before
+    /// Processes (threads included) of `step`'s program that exist before
     /// [`launch`](Launcher::launch), e.g. a pre-started interpreter: they
     /// are the program's, not part of the uid's other tasks.
-    fn program_tasks_before(&self) -> u64 {
+    fn program_tasks_before(&self, _step: StepKind) -> u64 {
         0
+    }
+
+    /// The process that must outlive `step` (a later step's, waiting), if
+    /// any.
+    fn kept_during(&self, _step: StepKind) -> Option<Kept> {
+        None
     }
 }
 
@@ -108,6 +135,7 @@ impl Launcher for ForkExec {
             ChildSetup {
                 rlimits: Some(spec.rlimits.rlimits()),
                 program_fd: None,
+                ready_fd: None,
                 ids: spec.ids,
                 parent: std::process::id() as i32,
             },

@@ -53,6 +53,9 @@ pub struct Watch {
     /// Tasks the program's tree may have, when `RLIMIT_NPROC` cannot hold
     /// it there exactly (checked with the tree's CPU time).
     pub max_tasks: Option<u64>,
+    /// A process that is not the program's and must outlive it: a later
+    /// step's pre-started program, waiting (see `reaper`).
+    pub keep: Option<i32>,
 }
 
 /// Why the supervisor ended the program.
@@ -138,7 +141,7 @@ pub fn supervise(
         Ok(exit) => exit,
         Err(e) => {
             // Never leave a program running unsupervised.
-            reaper::kill_everything(Some(pid), watch.dedicated_uid, true);
+            reaper::kill_everything(Some(pid), watch.dedicated_uid, true, watch.keep);
             let _ = sys::wait4(pid, false);
             return Err(SuperviseError::Wait(e));
         }
@@ -159,7 +162,7 @@ pub fn supervise(
     let (stop, exited_at) = match end {
         Ok(end) => end,
         Err(e) => {
-            reaper::kill_everything(Some(pid), watch.dedicated_uid, true);
+            reaper::kill_everything(Some(pid), watch.dedicated_uid, true, watch.keep);
             let _ = sys::wait4(pid, false);
             return Err(e);
         }
@@ -170,7 +173,12 @@ pub fn supervise(
     // left is now our child, and `reap_all` uses both if any child remains
     // (see `reaper`).
     let stopped = stop.is_some();
-    reaper::kill_everything(Some(pid), watch.dedicated_uid.filter(|_| stopped), stopped);
+    reaper::kill_everything(
+        Some(pid),
+        watch.dedicated_uid.filter(|_| stopped),
+        stopped,
+        watch.keep,
+    );
     let exited_at = match exited_at {
         Some(t) => t,
         None => exit.wait(SETTLE_TIMEOUT)?,
@@ -178,7 +186,8 @@ pub fn supervise(
     let main = sys::wait4(pid, false)
         .map_err(SuperviseError::Wait)?
         .ok_or(SuperviseError::Unkillable)?;
-    let rest: ReapedUsage = reaper::reap_all(watch.dedicated_uid).map_err(SuperviseError::Reap)?;
+    let rest: ReapedUsage =
+        reaper::reap_all(watch.dedicated_uid, watch.keep).map_err(SuperviseError::Reap)?;
     drain(&mut streams, SETTLE_TIMEOUT);
 
     let mut streams = streams.into_iter().map(|s| s.captured);
@@ -240,7 +249,7 @@ fn watch_until_end(
             next_check = now + POLL_INTERVAL;
             checks = checks.wrapping_add(1);
             let cpu_ms = if checks.is_multiple_of(TREE_POLL_EVERY) {
-                let tree = reaper::descendants_usage();
+                let tree = reaper::descendants_usage(watch.keep);
                 if watch.max_tasks.is_some_and(|max| tree.tasks > max) {
                     return Ok((Some(Stop::Processes), None));
                 }

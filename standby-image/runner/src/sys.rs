@@ -22,11 +22,14 @@ pub struct ChildSetup {
     /// Resource limits, applied before the identity change (none for a
     /// pre-started interpreter, which takes the job's with [`prlimit`]).
     pub rlimits: Option<[Rlimit; RLIMIT_COUNT]>,
-    /// A descriptor to hand the program, and the number it takes there
-    /// (a pre-started interpreter's private program socket; fd 3 unless
-    /// the language says otherwise)
-    /// interpreter's private program pipe).
+    /// A descriptor to hand the program, and the number it takes there (a
+    /// pre-started runtime's private program socket or pipe; fd 3 unless
+    /// the language says otherwise).
     pub program_fd: Option<(i32, i32)>,
+    /// Another descriptor to hand the program, and its number (a
+    /// pre-started runtime's "ready" pipe, when its program comes on a
+    /// pipe it reads from).
+    pub ready_fd: Option<(i32, i32)>,
     /// `(uid, gid)` to switch to (only when the runner is root).
     pub ids: Option<(u32, u32)>,
     /// The runner's pid: a child whose parent is no longer this was
@@ -86,10 +89,26 @@ fn child_setup(setup: &ChildSetup) -> io::Result<()> {
         return Err(io::Error::from_raw_os_error(libc::ESRCH));
     }
     close_inherited_on_exec();
-    if let Some((fd, target)) = setup.program_fd {
-        hand_over_as(fd, target)?;
+    match (setup.program_fd, setup.ready_fd) {
+        (Some((program, p_target)), Some((ready, r_target))) => {
+            // Out of the way first: one may be the other's target.
+            let above = p_target.max(r_target) + 1;
+            let (program, ready) = (dup_above(program, above)?, dup_above(ready, above)?);
+            hand_over_as(program, p_target)?;
+            hand_over_as(ready, r_target)
+        }
+        (Some((fd, target)), None) | (None, Some((fd, target))) => hand_over_as(fd, target),
+        (None, None) => Ok(()),
     }
-    Ok(())
+}
+
+/// A close-on-exec copy of `fd` numbered `min` or above (above the
+/// handed-over ones).
+fn dup_above(fd: i32, min: i32) -> io::Result<i32> {
+    // SAFETY: plain integer arguments.
+    let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
+    check(copy.into())?;
+    Ok(copy)
 }
 
 /// Makes `fd` the child's descriptor `target`, kept open across exec.

@@ -16,6 +16,9 @@ use uuid::Uuid;
 #[derive(Debug)]
 pub struct WorkDir {
     path: PathBuf,
+    /// A symlink from the directory's pre-start name, removed with it (see
+    /// [`hand_to_job`](Self::hand_to_job)).
+    old_name: Option<PathBuf>,
 }
 
 impl WorkDir {
@@ -32,7 +35,10 @@ impl WorkDir {
     ) -> io::Result<Self> {
         let path = root.join(job_dir_name(id));
         DirBuilder::new().mode(0o700).create(&path)?;
-        let dir = Self { path };
+        let dir = Self {
+            path,
+            old_name: None,
+        };
         dir.write_files(owner, files)?;
         chown(&dir.path, owner)?;
         Ok(dir)
@@ -47,22 +53,29 @@ impl WorkDir {
     pub fn create_for_prestart(root: &Path, owner: Option<(u32, u32)>) -> io::Result<Self> {
         let path = root.join(format!("warmpod-prestart-{}", std::process::id()));
         DirBuilder::new().mode(0o700).create(&path)?;
-        let dir = Self { path };
+        let dir = Self {
+            path,
+            old_name: None,
+        };
         chown(&dir.path, owner)?;
         Ok(dir)
     }
 
     /// Renames the directory to the name [`create`](Self::create) gives
     /// job `id` (a process whose cwd it is follows it) and writes `files`
-    /// into it, so the job sees exactly the paths of the cold path.
+    /// into it, so the job sees exactly the paths of the cold path. With
+    /// `link_old_name`, the old name becomes a symlink to the new one, for
+    /// runtimes that keep their start-up directory's path (the JVM's
+    /// `user.dir` and class path); it goes when the directory does.
     ///
     /// # Errors
-    /// When the rename or any write fails.
+    /// When the rename, the link or any write fails.
     pub fn hand_to_job(
         &mut self,
         id: Uuid,
         owner: Option<(u32, u32)>,
         files: &[(String, String)],
+        link_old_name: bool,
     ) -> io::Result<()> {
         let root = self.path.parent().unwrap_or(Path::new("/"));
         let path = root.join(job_dir_name(id));
@@ -71,7 +84,11 @@ impl WorkDir {
             return Err(io::Error::from(io::ErrorKind::AlreadyExists));
         }
         fs::rename(&self.path, &path)?;
-        self.path = path;
+        let old = std::mem::replace(&mut self.path, path);
+        if link_old_name {
+            std::os::unix::fs::symlink(&self.path, &old)?;
+            self.old_name = Some(old);
+        }
         self.write_files(owner, files)
     }
 
@@ -110,6 +127,9 @@ fn chown(path: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
+        if let Some(link) = &self.old_name {
+            let _ = fs::remove_file(link);
+        }
         // remove_dir_all never follows symlinks, so a program that swapped
         // its directory for a link cannot make us delete elsewhere.
         if fs::remove_dir_all(&self.path).is_ok() || nix::unistd::geteuid().is_root() {
@@ -171,13 +191,28 @@ mod tests {
         let old = dir.path().to_path_buf();
         let id = Uuid::new_v4();
         let files = vec![("main.py".to_string(), "x".to_string())];
-        dir.hand_to_job(id, None, &files).unwrap();
+        dir.hand_to_job(id, None, &files, false).unwrap();
         assert!(!old.exists());
         assert_eq!(dir.path(), root.path().join(job_dir_name(id)));
         assert_eq!(fs::read_to_string(dir.path().join("main.py")).unwrap(), "x");
         let path = dir.path().to_path_buf();
         drop(dir);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn the_old_name_can_stay_as_a_link_until_the_end() {
+        let root = tempfile::tempdir().unwrap();
+        let mut dir = WorkDir::create_for_prestart(root.path(), None).unwrap();
+        let old = dir.path().to_path_buf();
+        let files = vec![("Main.java".to_string(), "x".to_string())];
+        dir.hand_to_job(Uuid::new_v4(), None, &files, true).unwrap();
+        assert_eq!(fs::read_to_string(old.join("Main.java")).unwrap(), "x");
+        assert_eq!(fs::read_link(&old).unwrap(), dir.path());
+        let path = dir.path().to_path_buf();
+        drop(dir);
+        assert!(!path.exists());
+        assert!(fs::symlink_metadata(&old).is_err(), "link left");
     }
 
     #[test]

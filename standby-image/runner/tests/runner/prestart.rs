@@ -369,9 +369,161 @@ fn a_job_with_another_memory_limit_still_runs() {
 
 #[test]
 fn unknown_or_unsupported_prestart_languages_are_config_errors() {
-    for language in ["cobol", "java"] {
+    for language in ["cobol", "c"] {
         let (status, _) = run_raw(&["--prestart", language], "");
         assert_eq!(status.code(), Some(64), "{language}");
+    }
+}
+
+mod java {
+    //! Java on a warm compiler JVM and a warm program JVM.
+
+    use super::*;
+
+    #[test]
+    fn results_are_those_of_the_cold_path() {
+        let programs = [
+            "public class Main { public static void main(String[] a) throws Exception {\n System.out.println(String.join(\"|\", a) + \" \" + a.length);\n System.out.println(System.getProperty(\"user.dir\").equals(new java.io.File(\"\").getAbsolutePath()) + \" \" + new java.io.File(\"x\").getCanonicalPath().startsWith(System.getProperty(\"user.dir\")));\n System.out.println(System.getProperty(\"java.class.path\") + \" \" + (Main.class.getClassLoader() == ClassLoader.getSystemClassLoader()) + \" \" + (Thread.currentThread().getContextClassLoader() == ClassLoader.getSystemClassLoader()) + \" \" + Thread.currentThread().getName());\n java.util.List<String> l = new java.util.ArrayList<>(java.util.Arrays.asList(new java.io.File(\".\").list())); java.util.Collections.sort(l); System.out.println(l);\n} }",
+            "public class Main {\n static void f(int n) { if (n == 0) throw new IllegalStateException(\"deep\"); f(n - 1); }\n public static void main(String[] a) {\n  try { f(3); } catch (RuntimeException e) { RuntimeException r = new RuntimeException(\"outer\", e); r.addSuppressed(new Error(\"s\")); throw r; }\n } }",
+            "public class Main { public static void main(String[] a) { System.out.println(\"partial\"); System.exit(3); } }",
+            "public class Main { public static void main(String[] a) { int[] x = new int[1]; x[2] = 1; } }",
+            "public class Main { static int v = Integer.parseInt(\"no\"); public static void main(String[] a) { } }",
+            "public class Main { public static void main(String[] a) throws Exception {\n Thread t = new Thread(() -> { try { Thread.sleep(200); } catch (InterruptedException e) { } System.out.println(\"thread done\"); });\n t.start(); throw new Exception(\"main dies first\"); } }",
+            "public class Main { public static void main(String[] a) { Runtime.getRuntime().addShutdownHook(new Thread(() -> System.out.println(\"hook\"))); Thread.setDefaultUncaughtExceptionHandler((t, e) -> System.out.println(\"handled \" + e.getMessage())); throw new RuntimeException(\"x\"); } }",
+            "public class Main { static int depth = 0; static void r() { depth++; r(); } public static void main(String[] a) { r(); } }",
+            "public class Main { void main(String[] a) { } }",
+            "class Other { public static void main(String[] a) { } }",
+            "public class Main { public static void main(String[] a) throws Exception {\n java.io.BufferedReader in = new java.io.BufferedReader(new java.io.InputStreamReader(System.in));\n System.out.println(in.readLine() + \" \" + System.in.available()); } }",
+            "public class Main { void f() { int x = \"s\"; } }",
+        ];
+        for code in programs {
+            let result = same_both_ways(&job("java", code).args(&["a", "b c", "ü"]));
+            assert_ne!(result.status, Status::InternalError, "{result:#?}");
+        }
+    }
+
+    #[test]
+    fn stdin_args_and_a_second_class_file() {
+        let result = same_both_ways(
+            &job(
+                "java",
+                "import java.util.Scanner;\npublic class Main { public static void main(String[] a) {\n String s = new Scanner(System.in).nextLine(); System.out.println(Util.twice(s) + \" \" + new Helper().name() + \" \" + String.join(\",\", a)); } }\nclass Helper { String name() { return getClass().getName(); } }",
+            )
+            .file("Util.java", "public class Util { static String twice(String s) { return s + s; } }")
+            .stdin("ab\ncd\n")
+            .args(&["x", "y z"]),
+        );
+        assert_status(&result, Status::Accepted);
+        assert_eq!(result.stdout, "abab Helper x,y z\n");
+    }
+
+    #[test]
+    fn a_compile_error_is_reported_as_cold() {
+        let result = same_both_ways(&job(
+            "java",
+            "public class Main { void f() { undefined(); } }",
+        ));
+        assert_status(&result, Status::CompileError);
+        assert!(
+            result.compile_output.contains("cannot find symbol"),
+            "{result:#?}"
+        );
+    }
+
+    #[test]
+    fn the_jvms_start_up_cpu_is_not_charged() {
+        // The program prints the CPU time its JVM had used when main began:
+        // all start-up (the warm-up, pre-started). The job's counts from there.
+        let code = "public class Main { public static void main(String[] a) {\n System.out.println(((com.sun.management.OperatingSystemMXBean) java.lang.management.ManagementFactory.getOperatingSystemMXBean()).getProcessCpuTime() / 1000000); } }";
+        let result = job("java", code).run_prestarted();
+        assert_status(&result, Status::Accepted);
+        let at_start: u64 = result.stdout.trim().parse().expect("a number");
+        assert!(
+            result.cpu_time_ms < at_start,
+            "charged {} ms, the start-up alone used {at_start} ms",
+            result.cpu_time_ms
+        );
+    }
+
+    #[test]
+    fn a_cpu_loop_exceeds_the_time_limit() {
+        let result = job("java", "public class Main { public static void main(String[] a) { long i = 0; while (true) i++; } }")
+            .limits(json!({ "cpu_time_ms": 1000, "wall_time_ms": 20000 }))
+            .run_prestarted();
+        assert_status(&result, Status::TimeLimitExceeded);
+        // Stopped by the supervisor or by RLIMIT_CPU (SIGXCPU), whichever
+        // comes first: not by the wall clock.
+        let message = result.message.clone().unwrap_or_default();
+        assert!(message.starts_with("CPU time limit"), "{result:#?}");
+    }
+
+    #[test]
+    fn heap_exhaustion_is_a_memory_limit() {
+        // The default memory limit: the one the program's JVM was started for.
+        let code = "import java.util.*;\npublic class Main { public static void main(String[] a) {\n List<long[]> l = new ArrayList<>(); while (true) l.add(new long[1 << 20]); } }";
+        let result = job("java", code)
+            .limits(json!({ "cpu_time_ms": 20000, "wall_time_ms": 30000 }))
+            .run_prestarted();
+        assert_status(&result, Status::MemoryLimitExceeded);
+        assert!(result.stderr.contains("Java heap space"), "{result:#?}");
+    }
+
+    #[test]
+    fn a_thread_bomb_is_contained_by_the_applied_process_limit() {
+        let code = "public class Main { public static void main(String[] a) {\n try { while (true) { Thread t = new Thread(() -> { try { Thread.sleep(600000); } catch (InterruptedException e) { } }); t.setDaemon(true); t.start(); } }\n catch (OutOfMemoryError e) { System.out.println(e.getMessage().contains(\"native thread\")); } } }";
+        let result = job("java", code)
+            .limits(json!({ "max_processes": 64, "wall_time_ms": 20000 }))
+            .run_prestarted();
+        assert_status(&result, Status::Accepted);
+        // (The JVM also logs the failed thread starts on stdout.)
+        assert!(result.stdout.ends_with("true\n"), "{result:#?}");
+    }
+
+    #[test]
+    fn a_process_bomb_is_contained() {
+        let code = "public class Main { public static void main(String[] a) throws Exception {\n try { while (true) new ProcessBuilder(\"/bin/sleep\", \"600\").start(); } catch (Throwable e) { System.out.println(\"stopped\"); } } }";
+        let result = job("java", code)
+            .limits(json!({ "max_processes": 64, "wall_time_ms": 20000 }))
+            .run_prestarted();
+        assert_status(&result, Status::Accepted);
+        assert!(result.stdout.ends_with("stopped\n"), "{result:#?}");
+    }
+
+    #[test]
+    fn an_output_flood_is_cut() {
+        let code = "public class Main { public static void main(String[] a) { String s = \"x\".repeat(999); while (true) System.out.println(s); } }";
+        let result = job("java", code)
+            .limits(json!({ "max_output_bytes": 10000 }))
+            .run_prestarted();
+        assert_status(&result, Status::OutputLimitExceeded);
+        assert_eq!(result.stdout.len(), 10000);
+    }
+
+    #[test]
+    fn a_job_with_another_memory_limit_runs_cold_and_the_jvms_are_gone() {
+        // A private work root (open to the program uid, which reads the
+        // bootstrap file there): nothing may be left in it.
+        let root = tempfile::tempdir().expect("temp dir");
+        fs::set_permissions(
+            root.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("root opened");
+        let root_arg = root.path().to_str().expect("UTF-8").to_string();
+        let test_job = job("java", "public class Main { public static void main(String[] a) { System.out.println(Runtime.getRuntime().maxMemory() <= 128L << 20); } }")
+            .limits(json!({ "memory_kb": 131072 }));
+        let args = ["--prestart", "java", "--work-root", &root_arg];
+        let (status, stdout) = run_raw(&args, &test_job.line());
+        assert!(status.success());
+        let result: JobResult = serde_json::from_str(stdout.trim_end()).expect("a result line");
+        assert_status(&result, Status::Accepted);
+        assert_eq!(result.stdout, "true\n");
+        let left: Vec<_> = fs::read_dir(root.path())
+            .expect("readable")
+            .flatten()
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        crate::helpers::assert_nothing_left(test_job.id);
     }
 }
 
@@ -390,5 +542,15 @@ mod unprivileged {
             .limits(json!({ "max_processes": 16, "wall_time_ms": 3000 }))
             .run_unprivileged_with_args(&args);
         assert_status(&result, Status::TimeLimitExceeded);
+    }
+
+    #[test]
+    fn java_hello_world() {
+        let code = "public class Main { public static void main(String[] a) { System.out.println(\"hi \" + String.join(\",\", a)); } }";
+        let result = job("java", code)
+            .args(&["x"])
+            .run_unprivileged_with_args(&["--prestart", "java"]);
+        assert_status(&result, Status::Accepted);
+        assert_eq!(result.stdout, "hi x\n");
     }
 }

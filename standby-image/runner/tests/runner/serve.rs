@@ -120,6 +120,27 @@ fn a_relayed_job_runs_on_the_serving_runners_prestarted_interpreter() {
 }
 
 #[test]
+fn a_relayed_java_job_compiles_and_runs_on_the_serving_runners_jvms() {
+    let mut server = Server::start("java");
+    // The warm program JVM's parent is the serving runner; a cold `java`
+    // would be the relay's child.
+    let code = "public class Main { public static void main(String[] a) throws Exception {\n System.out.println(ProcessHandle.current().parent().get().pid() + \" \" + new String(System.in.readAllBytes()) + \" \" + Util.twice(a[0])); } }";
+    let test_job = job("java", code)
+        .file(
+            "Util.java",
+            "public class Util { static String twice(String s) { return s + s; } }",
+        )
+        .stdin("in")
+        .args(&["ab"]);
+    let result = relay(&server.socket, &test_job.line());
+    assert_status(&result, Status::Accepted);
+    assert_eq!(result.stdout, format!("{} in abab\n", server.pid()));
+    assert_eq!(server.exited(), Some(0), "one job, then the runner exits");
+    assert!(!server.socket.exists(), "the socket is gone");
+    assert_nothing_left(test_job.id);
+}
+
+#[test]
 fn after_its_one_job_nothing_serves_and_the_relay_runs_the_next_job_cold() {
     let mut server = Server::start("python");
     let first = job("python", "print('first')");

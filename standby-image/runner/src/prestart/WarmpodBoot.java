@@ -1,0 +1,250 @@
+// warmpod pre-started Java: run by the JDK's source-file launcher as
+// `java <the cold command's JVM options> WarmpodBoot.java compile|run`.
+// Warms up, says "ready" on fd 4 (a pipe), reads
+// "<stdin mode>\0<work dir>\0<argv>..." from fd 3 (a pipe, until EOF), then:
+// - compile: runs javac in-process on argv (its command-line arguments) and
+//   exits with its exit code, as `javac` would;
+// - run: runs `argv[0]`'s main(argv[1..]) from the application class path
+//   (".", the work directory) on this, the real "main" thread, as `java -cp .
+//   Main` would. An uncaught exception leaves the JVM as it would cold (the
+//   launcher prints it, other threads run on, exit code 1), its stack traces
+//   without our frames.
+// Nothing of it is left in the work directory.
+
+import java.io.ByteArrayOutputStream;
+import java.io.File;
+import java.io.FileInputStream;
+import java.io.FileOutputStream;
+import java.io.IOException;
+import java.io.PrintWriter;
+import java.io.StringWriter;
+import java.lang.invoke.MethodHandle;
+import java.lang.invoke.MethodHandles;
+import java.lang.invoke.MethodType;
+import java.lang.reflect.Method;
+import java.lang.reflect.Modifier;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.Collections;
+import java.util.IdentityHashMap;
+import java.util.List;
+import java.util.Set;
+
+public class WarmpodBoot {
+    /** The frames below main (the source launcher's), which it trims itself. */
+    private static StackTraceElement[] launcherFrames;
+
+    public static void main(String[] args) throws Throwable {
+        StackTraceElement[] here = new Throwable().getStackTrace();
+        launcherFrames = Arrays.copyOfRange(here, 1, here.length);
+        boolean compile = args.length > 0 && args[0].equals("compile");
+        if (compile) {
+            warmUpCompiler();
+        } else {
+            warmUpRuntime();
+            forgetStartUpPeak();
+        }
+        String[] fields = awaitProgram();
+        String workDir = fields[1];
+        String[] argv = Arrays.copyOfRange(fields, 2, fields.length);
+        System.setProperty("user.dir", workDir);
+        if (compile) {
+            System.exit(com.sun.tools.javac.Main.compile(argv));
+        }
+        run(argv[0], Arrays.copyOfRange(argv, 1, argv.length));
+    }
+
+    /** Says ready, then reads the program's fields. */
+    private static String[] awaitProgram() throws IOException {
+        try (FileOutputStream ready = new FileOutputStream("/proc/self/fd/4")) {
+            ready.write('R');
+        }
+        ByteArrayOutputStream header = new ByteArrayOutputStream();
+        try (FileInputStream in = new FileInputStream("/proc/self/fd/3")) {
+            // Not readAllBytes: JDK 17's seeks, which a pipe fails.
+            byte[] chunk = new byte[8192];
+            for (int n; (n = in.read(chunk)) > 0; ) {
+                header.write(chunk, 0, n);
+            }
+        }
+        return new String(header.toByteArray(), StandardCharsets.UTF_8).split("\0", -1);
+    }
+
+    /** Compiles a throw-away class in a throw-away directory, twice. */
+    private static void warmUpCompiler() throws IOException {
+        File dir = Files.createTempDirectory(new File(".").toPath(), ".warmpod-warm-up").toFile();
+        try {
+            File source = new File(dir, "Warm.java");
+            Files.writeString(source.toPath(),
+                "import java.util.*;\npublic class Warm { public static void main(String[] a) {\n"
+                + " List<String> l = new ArrayList<>(List.of(a)); Collections.sort(l);\n"
+                + " System.out.println(String.join(\",\", l) + new Scanner(System.in).nextLine()); } }\n");
+            for (int i = 0; i < 2; i++) {
+                com.sun.tools.javac.Main.compile(
+                    new String[] {"-encoding", "UTF-8", "-d", dir.getPath(), source.getPath()},
+                    new PrintWriter(new StringWriter()));
+            }
+        } finally {
+            for (File f : dir.listFiles()) {
+                f.delete();
+            }
+            dir.delete();
+        }
+    }
+
+    /** Loads and links what running a program uses. */
+    private static void warmUpRuntime() throws Throwable {
+        MethodHandle handle = mainHandle(WarmpodBoot.class.getDeclaredMethod("noop", String[].class));
+        handle.invokeExact(new String[0]);
+        trim(new Throwable(), true);
+    }
+
+    private static void noop(String[] args) {}
+
+    /** Frees the start-up's garbage and resets the peak RSS (VmHWM) the job's memory_kb reports. */
+    private static void forgetStartUpPeak() {
+        System.gc();
+        try (FileOutputStream refs = new FileOutputStream("/proc/self/clear_refs")) {
+            refs.write('5');
+        } catch (IOException e) {
+            // An older kernel: the peak then includes the start-up's.
+        }
+    }
+
+    /** As `java -cp . <name> args...`: checks as the launcher does, then calls main. */
+    private static void run(String name, String[] args) throws Throwable {
+        System.setProperty("sun.java.command", String.join(" ", prepend(name, args)));
+        ClassLoader loader = ClassLoader.getSystemClassLoader();
+        Thread.currentThread().setContextClassLoader(loader);
+        Class<?> main;
+        try {
+            main = Class.forName(name, false, loader);
+        } catch (ClassNotFoundException | LinkageError e) {
+            abort("Error: Could not find or load main class " + name + "\nCaused by: "
+                + e.getClass().getName() + ": " + e.getLocalizedMessage());
+            return;
+        }
+        Method method;
+        try {
+            method = main.getMethod("main", String[].class);
+        } catch (NoSuchMethodException e) {
+            abort("Error: Main method not found in class " + main.getName()
+                + ", please define the main method as:\n   public static void main(String[] args)\n"
+                + "or a JavaFX application class must extend javafx.application.Application");
+            return;
+        } catch (Throwable e) {
+            abort("Error: Unable to initialize main class " + main.getName() + "\nCaused by: "
+                + e.getClass().getName() + ": " + e.getLocalizedMessage());
+            return;
+        }
+        String owner = method.getDeclaringClass().getName();
+        if (!Modifier.isStatic(method.getModifiers())) {
+            abort("Error: Main method is not static in class " + owner
+                + ", please define the main method as:\n   public static void main(String[] args)");
+            return;
+        }
+        if (method.getReturnType() != void.class) {
+            abort("Error: Main method must return a value of type void in class " + owner
+                + ", please \ndefine the main method as:\n   public static void main(String[] args)");
+            return;
+        }
+        try {
+            Class.forName(name, true, loader);
+            mainHandle(method).invokeExact(args);
+        } catch (Throwable t) {
+            if (!trim(t, true)) {
+                uncaught(t);
+            }
+            throw t;
+        }
+    }
+
+    private static MethodHandle mainHandle(Method method) throws IllegalAccessException {
+        method.setAccessible(true);
+        return MethodHandles.lookup().unreflect(method)
+            .asType(MethodType.methodType(void.class, String[].class));
+    }
+
+    private static void abort(String message) {
+        System.err.println(message);
+        System.exit(1);
+    }
+
+    /**
+     * Takes our frames off `top` and every throwable it refers to, keeping
+     * below `top`'s the launcher's (which it takes off itself). False when
+     * `top`'s trace cannot be set (not writable).
+     */
+    private static boolean trim(Throwable top, boolean keepLauncherFrames) {
+        Set<Throwable> seen = Collections.newSetFromMap(new IdentityHashMap<>());
+        List<Throwable> todo = new ArrayList<>(List.of(top));
+        while (!todo.isEmpty()) {
+            Throwable t = todo.remove(todo.size() - 1);
+            if (t == null || !seen.add(t)) {
+                continue;
+            }
+            StackTraceElement[] trace = t.getStackTrace();
+            StackTraceElement[] kept = withoutOurs(trace);
+            if (t == top && keepLauncherFrames) {
+                kept = concat(kept, launcherFrames);
+            }
+            if (kept.length != trace.length || t == top) {
+                t.setStackTrace(kept);
+            }
+            todo.add(t.getCause());
+            todo.addAll(List.of(t.getSuppressed()));
+        }
+        return top.getStackTrace().length >= launcherFrames.length;
+    }
+
+    /** The frames above the first of ours (and above the reflection calls into the program). */
+    private static StackTraceElement[] withoutOurs(StackTraceElement[] trace) {
+        int end = 0;
+        while (end < trace.length && !trace[end].getClassName().equals(WarmpodBoot.class.getName())) {
+            end++;
+        }
+        if (end == trace.length) {
+            return trace;
+        }
+        while (end > 0 && isCallMachinery(trace[end - 1].getClassName())) {
+            end--;
+        }
+        return Arrays.copyOf(trace, end);
+    }
+
+    private static boolean isCallMachinery(String className) {
+        return className.equals("java.lang.Class") || className.startsWith("java.lang.invoke.")
+            || className.startsWith("jdk.internal.reflect.");
+    }
+
+    /**
+     * For a throwable whose trace is not writable: what the JVM does with an
+     * uncaught exception in main (report it, wait for the other non-daemon
+     * threads, exit 1).
+     */
+    private static void uncaught(Throwable t) throws InterruptedException {
+        Thread self = Thread.currentThread();
+        self.getUncaughtExceptionHandler().uncaughtException(self, t);
+        for (Thread other : Thread.getAllStackTraces().keySet()) {
+            if (other != self && !other.isDaemon()) {
+                other.join();
+            }
+        }
+        Runtime.getRuntime().exit(1);
+    }
+
+    private static StackTraceElement[] concat(StackTraceElement[] a, StackTraceElement[] b) {
+        StackTraceElement[] out = Arrays.copyOf(a, a.length + b.length);
+        System.arraycopy(b, 0, out, a.length, b.length);
+        return out;
+    }
+
+    private static String[] prepend(String first, String[] rest) {
+        String[] out = new String[rest.length + 1];
+        out[0] = first;
+        System.arraycopy(rest, 0, out, 1, rest.length);
+        return out;
+    }
+}
