@@ -9,7 +9,7 @@ Starts its own stack (bench/stack.py), then in one run:
    -c`, `/usr/bin/node -e`, `/usr/bin/gcc` or `/usr/bin/javac` with the
    product's flags + run), so drift hits both: p50, p90, p99 and the ratios
    e2e/bare. Python and Java run on pre-started sandboxes
-   (`WARMPOD_PRESTART_LANGUAGES=python,java` unless set);
+   (`WARMPOD_PRESTART_LANGUAGES=python,javascript,java` unless set);
 2. throughput (jobs/s) of Python hello worlds at concurrency 1, 4, 8, 16,
    each block alternating with a block of the same number of bare spawns
    run 2 at a time (one per core);
@@ -188,7 +188,7 @@ def main():
                     help="latency languages (Python: --samples, JS: half, C and Java: a quarter)")
     args = ap.parse_args()
     # Java's pre-start is opt-in (docs/operations.md); the bench measures it.
-    os.environ.setdefault("WARMPOD_PRESTART_LANGUAGES", "python,java")
+    os.environ.setdefault("WARMPOD_PRESTART_LANGUAGES", "python,javascript,java")
 
     stack = Stack(pool_size=args.pool_size)
     client = Client([stack.apis[0].port])
