@@ -8,7 +8,7 @@ Starts its own stack (bench/stack.py), then in one run:
    alternating with the bare command on this machine (`/usr/bin/python3
    -c`, `/usr/bin/node -e`, `/usr/bin/gcc` or `/usr/bin/javac` with the
    product's flags + run), so drift hits both: p50, p90, p99 and the ratios
-   e2e/bare. Python and Java run on pre-started sandboxes
+   e2e/bare. Python, JavaScript and Java run on pre-started sandboxes
    (`WARMPOD_PRESTART_LANGUAGES=python,javascript,java` unless set);
 2. throughput (jobs/s) of Python hello worlds at concurrency 1, 4, 8, 16,
    each block alternating with a block of the same number of bare spawns
