@@ -3,6 +3,8 @@
 //! serving runner's pre-started interpreter; when nothing serves, the relay
 //! runs it itself, cold, with the same result.
 
+use std::fs::Permissions;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -14,12 +16,14 @@ use crate::helpers::{
     RUNNER, assert_nothing_left, assert_status, job, parse_single_line, run_raw, wait_until,
 };
 
-/// A `warmpod-runner --serve` process with its socket in a private
-/// directory; killed if still running when dropped.
+/// A `warmpod-runner --serve` process with its socket and its work root in
+/// a private directory (removed on drop, with whatever a killed runner left
+/// there); killed if still running when dropped.
 struct Server {
     child: Child,
     _dir: tempfile::TempDir,
     socket: PathBuf,
+    work_root: PathBuf,
 }
 
 impl Server {
@@ -28,9 +32,16 @@ impl Server {
     fn start(language: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("serve.sock");
+        // The program uid must reach its work directory, as under /tmp.
+        let work_root = dir.path().join("work");
+        std::fs::create_dir(&work_root).expect("work root");
+        std::fs::set_permissions(dir.path(), Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(&work_root, Permissions::from_mode(0o1777)).expect("chmod");
         let child = Command::new(RUNNER)
             .arg("--serve")
             .arg(&socket)
+            .arg("--work-root")
+            .arg(&work_root)
             .args(["--prestart", language])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -41,7 +52,20 @@ impl Server {
             child,
             _dir: dir,
             socket,
+            work_root,
         }
+    }
+
+    /// Asserts the (exited) serving runner removed everything it created in
+    /// its work root: the pre-started interpreter's and the job's
+    /// directories, and any bootstrap file.
+    fn assert_work_root_empty(&self) {
+        let left: Vec<_> = std::fs::read_dir(&self.work_root)
+            .expect("work root readable")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "left in the work root: {left:?}");
     }
 
     fn pid(&self) -> i32 {
@@ -117,6 +141,7 @@ fn a_relayed_job_runs_on_the_serving_runners_prestarted_interpreter() {
     assert_eq!(server.exited(), Some(0), "one job, then the runner exits");
     assert!(!server.socket.exists(), "the socket is gone");
     assert_nothing_left(test_job.id);
+    server.assert_work_root_empty();
 }
 
 #[test]
@@ -138,6 +163,7 @@ fn a_relayed_java_job_compiles_and_runs_on_the_serving_runners_jvms() {
     assert_eq!(server.exited(), Some(0), "one job, then the runner exits");
     assert!(!server.socket.exists(), "the socket is gone");
     assert_nothing_left(test_job.id);
+    server.assert_work_root_empty();
 }
 
 #[test]
@@ -196,6 +222,7 @@ fn a_job_of_another_language_is_served_cold_by_the_serving_runner() {
     assert_eq!(result.stdout, format!("{}\nother\n", server.pid()));
     assert_eq!(server.exited(), Some(0));
     assert_nothing_left(test_job.id);
+    server.assert_work_root_empty();
 }
 
 #[test]
@@ -218,6 +245,7 @@ fn sigterm_ends_an_idle_serving_runner_and_its_interpreter() {
     kill(Pid::from_raw(server.pid()), Signal::SIGTERM).expect("kill");
     assert_eq!(server.exited(), Some(0));
     assert!(!server.socket.exists(), "the socket is removed");
+    server.assert_work_root_empty();
     for pid in started {
         wait_until("the interpreter is gone", || {
             !Path::new(&format!("/proc/{pid}")).exists()
