@@ -15,9 +15,10 @@
 //!   ReplicaSet per Deployment keeps `replicas` standby pods (labels
 //!   app/pool/state=standby, plus `warmpod.io/language` for a language
 //!   pool), creating one as soon as a pod is relabelled or deleted.
-//!   Generic pods are Running and Ready at once and run nothing.
-//! - A simulated kubelet gives a language pool's pod its own directory as
-//!   its `/tmp` (the emptyDir: every `/tmp` path in its commands is
+//!   Generic pods are Running and Ready at once and run nothing but their
+//!   execs.
+//! - A simulated kubelet gives every pod its own directory as its `/tmp`
+//!   (the emptyDir, removed with the pod: every `/tmp` path in its commands is
 //!   rewritten into it, and `WARMPOD_RUNNER_WORK_ROOT` points there),
 //!   starts the container's main command (the serving runner) when the pod
 //!   is created, runs the readiness probe's exec command every 20 ms until
@@ -932,13 +933,12 @@ async fn kubelet(shared: Arc<Shared>) {
         tick.tick().await;
         let (live, to_probe) = {
             let st = shared.lock();
-            let live: HashMap<String, Vec<String>> = st
+            // Every pod not being deleted, with its main command if any.
+            let live: HashMap<String, Option<Vec<String>>> = st
                 .pods
                 .iter()
                 .filter(|(_, p)| p["metadata"]["deletionTimestamp"].is_null())
-                .filter_map(|(n, p)| {
-                    Some((n.clone(), strings(&p["spec"]["containers"][0]["command"])?))
-                })
+                .map(|(n, p)| (n.clone(), strings(&p["spec"]["containers"][0]["command"])))
                 .collect();
             let to_probe: Vec<(String, Vec<String>)> = st
                 .pods
@@ -961,14 +961,12 @@ async fn kubelet(shared: Arc<Shared>) {
             runtimes.retain(|pod, _| live.contains_key(pod));
             for (pod, command) in &live {
                 if !runtimes.contains_key(pod) {
-                    runtimes.insert(pod.clone(), start_main(&shared.runner, command));
+                    runtimes.insert(pod.clone(), start_main(&shared.runner, command.as_deref()));
                 }
             }
         }
         for (pod, probe) in to_probe {
-            let Some(mut cmd) = in_pod(&shared, &pod, &probe) else {
-                continue;
-            };
+            let mut cmd = in_pod(&shared, &pod, &probe);
             let passed = cmd
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -989,27 +987,32 @@ fn strings(v: &Value) -> Option<Vec<String>> {
         .collect()
 }
 
-/// A pod's private `/tmp`, and its main command started in it.
-fn start_main(runner: &std::path::Path, command: &[String]) -> PodRuntime {
+/// A pod's private `/tmp`, and its main command (if any) started in it.
+fn start_main(runner: &std::path::Path, command: Option<&[String]>) -> PodRuntime {
     let tmp = tempfile::tempdir().expect("a private /tmp for the pod");
-    let mut cmd = command_in(runner, tmp.path(), command);
-    let main = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .ok();
+    let main = command.and_then(|command| {
+        command_in(runner, tmp.path(), command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .ok()
+    });
     PodRuntime { tmp, main }
 }
 
-/// `command` as a process of `pod`: in its private `/tmp` if it has one.
-fn in_pod(shared: &Shared, pod: &str, command: &[String]) -> Option<tokio::process::Command> {
-    let runtimes = shared
+/// `command` as a process of `pod`, in its private `/tmp` (created here for
+/// a generic pod the kubelet has not seen yet; a language pod's is created
+/// with its main process, before it can be Ready and so be exec'd into).
+fn in_pod(shared: &Shared, pod: &str, command: &[String]) -> tokio::process::Command {
+    let mut runtimes = shared
         .runtimes
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    let tmp = runtimes.get(pod)?.tmp.path().to_path_buf();
-    Some(command_in(&shared.runner, &tmp, command))
+    let runtime = runtimes
+        .entry(pod.to_owned())
+        .or_insert_with(|| start_main(&shared.runner, None));
+    command_in(&shared.runner, runtime.tmp.path(), command)
 }
 
 /// `command` with `warmpod-runner` the real runner, every `/tmp` path moved
@@ -1185,15 +1188,7 @@ async fn session(
         }
     }
     let program = command[0].clone();
-    let mut cmd = in_pod(&shared, &pod, &command).unwrap_or_else(|| {
-        let mut cmd = tokio::process::Command::new(if command[0].ends_with("/warmpod-runner") {
-            shared.runner.clone()
-        } else {
-            PathBuf::from(&command[0])
-        });
-        cmd.args(&command[1..]);
-        cmd
-    });
+    let mut cmd = in_pod(&shared, &pod, &command);
     let mut child = match cmd
         .stdin(if want_stdin {
             Stdio::piped()
