@@ -28,6 +28,10 @@ else
   echo "deps: system packages present"
 fi
 
+# Precompiled C++ standard headers for the C++ compile step (the local
+# sandboxes see /usr read-only); rebuilt only when g++ changed.
+as_root "$(dirname "$0")/../standby-image/build-pch.sh"
+
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   echo "deps: installing cargo-nextest"
   cargo install --locked cargo-nextest

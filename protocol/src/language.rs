@@ -145,6 +145,11 @@ pub static LANGUAGES: &[Language] = &[
             "-O2",
             "-std=gnu++17",
             "-pipe",
+            // Precompiled <bits/stdc++.h> and <iostream>, used when one is
+            // the program's first include (standby-image/build-pch.sh builds
+            // them for exactly these -O2 -std=gnu++17; g++ ignores a missing
+            // directory and a .gch that does not fit).
+            "-I/usr/local/lib/warmpod/pch",
             "-o",
             "main",
             "{sources}",

@@ -148,3 +148,53 @@ fn java_works_with_tight_process_and_memory_limits() {
     assert_status(&result, Status::Accepted);
     assert_eq!(result.stdout, "Hello, World!\n");
 }
+
+/// Where `standby-image/build-pch.sh` (run by `make deps` and the standby
+/// image) puts the precompiled C++ headers.
+const PCH_DIR: &str = "/usr/local/lib/warmpod/pch";
+
+#[test]
+fn cpp_on_the_precompiled_bits_stdcpp_header_compiles_and_runs_under_the_compile_limits() {
+    // g++ maps the ~100 MB precompiled header: it must fit the compile
+    // step's default limits (an unusable .gch would be a compile error).
+    let code = "#include <bits/stdc++.h>\nusing namespace std;\n\
+                int main() { vector<int> v{3, 1, 2}; sort(v.begin(), v.end());\n\
+                for (int x : v) cout << x; cout << endl; }";
+    let result = job("cpp", code).run();
+    assert_status(&result, Status::Accepted);
+    assert_eq!(result.stdout, "123\n");
+}
+
+#[test]
+fn the_cpp_compile_command_uses_the_precompiled_headers() {
+    // The language table's flags and build-pch.sh's must agree, or g++
+    // silently parses the headers again. `-H` marks a used .gch with `!`.
+    let compile = warmpod_protocol::Language::find("cpp")
+        .and_then(|l| l.compile)
+        .expect("C++ compiles");
+    let dir = tempfile::tempdir().expect("temp dir");
+    for header in ["bits/stdc++.h", "iostream"] {
+        let source = dir.path().join("main.cpp");
+        std::fs::write(&source, format!("#include <{header}>\nint main() {{}}\n"))
+            .expect("source written");
+        let flags: Vec<&str> = compile[1..]
+            .iter()
+            .copied()
+            .filter(|a| !matches!(*a, "-o" | "main" | "{sources}"))
+            .collect();
+        let out = std::process::Command::new(compile[0])
+            .args(&flags)
+            .args(["-H", "-fsyntax-only"])
+            .arg(&source)
+            .output()
+            .expect("g++ runs");
+        assert!(out.status.success(), "{out:?}");
+        let used = format!("! {PCH_DIR}/{header}.gch");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.lines().any(|l| l == used),
+            "{used} not used (run `make deps`, which runs standby-image/build-pch.sh); g++ -H said:\n{}",
+            stderr.lines().take(5).collect::<Vec<_>>().join("\n")
+        );
+    }
+}
