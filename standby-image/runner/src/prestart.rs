@@ -64,38 +64,43 @@ use bootstrap_file::BootstrapFile;
 /// is given its program anyway (its wall clock runs meanwhile).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The bootstrap code of `language`, if the runner has one.
-pub fn bootstrap(language: &Language) -> Option<&'static str> {
-    match language.key {
-        "python" => Some(include_str!("prestart/python.py")),
-        "java" => Some(include_str!("prestart/WarmpodBoot.java")),
-        "javascript" => Some(include_str!("prestart/javascript.js")),
-        _ => None,
-    }
+/// A language's bootstrap: the code that makes a pre-started runtime wait
+/// for its program and then run it as the cold command would.
+#[derive(Debug, Clone, Copy)]
+struct Bootstrap {
+    /// The code (`prestart/<file>`).
+    code: &'static str,
+    /// Its file name, for a runtime that loads it from a file
+    /// (`{bootstrap_file}` in the pre-start command).
+    file_name: &'static str,
+    /// The descriptor it reads its program from: 3, or for Node a high
+    /// one: its start-up opens a dozen descriptors (epoll, eventfd, pipes)
+    /// after the socket, which must take the numbers they take in a cold
+    /// start, so that the program's own first `open` returns the cold
+    /// path's number too (`prestart/javascript.js` has the same number).
+    /// 1023 fits the usual soft `RLIMIT_NOFILE` of 1024; under a lower one
+    /// the spawn fails, which is logged, and the job runs cold. (Java's
+    /// bootstrap reads fd 3 and answers on fd 4, see [`Channel::Pipes`].)
+    program_fd: i32,
 }
 
-/// The file name of `language`'s bootstrap file.
-fn bootstrap_file_name(language: &Language) -> &'static str {
-    match language.key {
-        "javascript" => "bootstrap.js",
-        "java" => java::BOOT_FILE,
-        _ => "bootstrap.txt",
-    }
-}
-
-/// The descriptor `language`'s bootstrap reads its program from: 3, or
-/// for Node a high one: its start-up opens a dozen descriptors (epoll,
-/// eventfd, pipes) after the socket, which must take the numbers they take
-/// in a cold start, so that the program's own first `open` returns the
-/// cold path's number too (`prestart/javascript.js` has the same number).
-/// 1023 fits the usual soft `RLIMIT_NOFILE` of 1024; under a lower one the
-/// spawn fails, which is logged, and the job runs cold. (Java's bootstrap
-/// reads fd 3 and answers on fd 4, see [`Channel::Pipes`].)
-fn program_fd(language: &Language) -> i32 {
-    match language.key {
-        "javascript" => 1023,
-        _ => 3,
-    }
+/// `language`'s bootstrap, if the runner has one.
+fn bootstrap(language: &Language) -> Option<Bootstrap> {
+    let (code, file_name, program_fd) = match language.key {
+        "python" => (include_str!("prestart/python.py"), "bootstrap.py", 3),
+        "java" => (
+            include_str!("prestart/WarmpodBoot.java"),
+            java::BOOT_FILE,
+            3,
+        ),
+        "javascript" => (include_str!("prestart/javascript.js"), "bootstrap.js", 1023),
+        _ => return None,
+    };
+    Some(Bootstrap {
+        code,
+        file_name,
+        program_fd,
+    })
 }
 
 /// Whether jobs of `language` can run on pre-started processes.
@@ -194,7 +199,7 @@ impl Prestarted {
         ids: Option<(u32, u32)>,
         work_root: &Path,
     ) -> Result<Self, PrestartError> {
-        let (Some(template), Some(code), true) =
+        let (Some(template), Some(bootstrap), true) =
             (language.prestart, bootstrap(language), supported(language))
         else {
             return Err(PrestartError::Unsupported(language.key));
@@ -209,7 +214,7 @@ impl Prestarted {
         let bootstrap_file = template
             .iter()
             .any(|a| a.contains("{bootstrap_file}"))
-            .then(|| BootstrapFile::write(work_root, bootstrap_file_name(language), code))
+            .then(|| BootstrapFile::write(work_root, bootstrap.file_name, bootstrap.code))
             .transpose()
             .map_err(spawn_err)?;
         let boot_path = bootstrap_file
@@ -229,7 +234,7 @@ impl Prestarted {
                 let spec = WaitingSpec {
                     argv: &argv,
                     channel,
-                    program_fd: program_fd(language),
+                    program_fd: bootstrap.program_fd,
                     compiler: true,
                 };
                 Some(spawn_waiting(&spec, &dir, ids).map_err(spawn_err)?)
@@ -240,13 +245,13 @@ impl Prestarted {
             .into_iter()
             .map(|a| {
                 a.replace("{bootstrap_file}", boot_path.as_deref().unwrap_or_default())
-                    .replace("{bootstrap}", code)
+                    .replace("{bootstrap}", bootstrap.code)
             })
             .collect();
         let spec = WaitingSpec {
             argv: &argv,
             channel,
-            program_fd: program_fd(language),
+            program_fd: bootstrap.program_fd,
             compiler: false,
         };
         let run = spawn_waiting(&spec, &dir, ids).map_err(spawn_err)?;
@@ -581,20 +586,10 @@ fn cpu_used_ms(pid: i32) -> io::Result<u64> {
             .sum();
         ns / 1_000_000
     });
-    let stat_ms = fs::read_to_string(format!("/proc/{pid}/stat")).and_then(|stat| {
-        let ticks = crate::reaper::parse_stat(pid, &stat)
-            .ok_or_else(|| io::Error::other("unreadable /proc stat"))?
-            .cpu_ticks;
-        let per_second = match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
-            Ok(Some(t)) if t > 0 => t as u64,
-            _ => 100,
-        };
-        Ok(ticks * 1000 / per_second)
-    });
-    match (threads_ms, stat_ms) {
-        (Ok(a), Ok(b)) => Ok(a.max(b)),
-        (Ok(ms), Err(_)) | (Err(_), Ok(ms)) => Ok(ms),
-        (Err(e), Err(_)) => Err(e),
+    match (threads_ms, crate::supervise::cpu_time_ms(pid)) {
+        (Ok(a), Some(b)) => Ok(a.max(b)),
+        (Ok(ms), None) | (Err(_), Some(ms)) => Ok(ms),
+        (Err(e), None) => Err(e),
     }
 }
 
@@ -614,12 +609,12 @@ mod tests {
 
     #[test]
     fn the_bootstraps_read_the_descriptor_they_are_given() {
-        let js = Language::find("javascript").unwrap();
-        let expected = format!("const PROGRAM_FD = {};", program_fd(js));
-        assert!(bootstrap(js).unwrap().contains(&expected), "{expected}");
-        let python = Language::find("python").unwrap();
-        assert_eq!(program_fd(python), 3);
-        assert!(bootstrap(python).unwrap().contains("os.read(3, 65536)"));
+        let js = bootstrap(Language::find("javascript").unwrap()).unwrap();
+        let expected = format!("const PROGRAM_FD = {};", js.program_fd);
+        assert!(js.code.contains(&expected), "{expected}");
+        let python = bootstrap(Language::find("python").unwrap()).unwrap();
+        assert_eq!(python.program_fd, 3);
+        assert!(python.code.contains("os.read(3, 65536)"));
     }
 
     #[test]

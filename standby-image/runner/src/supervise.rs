@@ -446,7 +446,7 @@ pub fn decode_status(status: i32) -> Exit {
 }
 
 /// CPU time of `pid` and its reaped children from `/proc/<pid>/stat`, in ms.
-fn cpu_time_ms(pid: i32) -> Option<u64> {
+pub(crate) fn cpu_time_ms(pid: i32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     Some(ticks_to_ms(reaper::parse_stat(pid, &stat)?.cpu_ticks))
 }
