@@ -159,7 +159,7 @@ pub const DEFAULT_CONTAINER: &str = "runner";
 /// Where the standby image installs the runner.
 pub const DEFAULT_RUNNER_PATH: &str = "/usr/local/bin/warmpod-runner";
 /// Where a specialised standby pod's serving runner listens (in its
-/// `/tmp` emptyDir; `k8s-config/components/standby-<language>`).
+/// `/tmp` emptyDir; `k8s-config/standby-pools/base/deployment.yaml`).
 pub const DEFAULT_SERVE_SOCKET: &str = "/tmp/warmpod-serve.sock";
 /// Default exec grace beyond the job's own wall limits.
 pub const DEFAULT_EXEC_GRACE: Duration = Duration::from_secs(10);
