@@ -117,7 +117,11 @@ pub fn is_jvm(language: &Language) -> bool {
 /// The compiler JVM's command: the run command's `java` with the compile
 /// command's `-J` options (expanded for `memory_kb`), running the
 /// bootstrap in compile mode.
-pub fn compiler_command(language: &Language, memory_kb: u64, boot: &JavaBoot) -> Option<Vec<String>> {
+pub fn compiler_command(
+    language: &Language,
+    memory_kb: u64,
+    boot: &JavaBoot,
+) -> Option<Vec<String>> {
     if !is_jvm(language) {
         return None;
     }
@@ -202,12 +206,12 @@ mod tests {
     fn boot_dir(from: &str, mode: u32) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(BOOT_JAR), "jar").unwrap();
-        fs::set_permissions(
-            dir.path().join(BOOT_JAR),
-            fs::Permissions::from_mode(mode),
+        fs::set_permissions(dir.path().join(BOOT_JAR), fs::Permissions::from_mode(mode)).unwrap();
+        fs::write(
+            dir.path().join(BOOT_HASH),
+            format!("{}\n", hex_sha256(from)),
         )
         .unwrap();
-        fs::write(dir.path().join(BOOT_HASH), format!("{}\n", hex_sha256(from))).unwrap();
         dir
     }
 
@@ -251,13 +255,22 @@ mod tests {
             panic!("no current {DEFAULT_BOOT_DIR}/{BOOT_JAR}: run `make deps` (standby-image/build-java-boot.sh)")
         });
         assert!(
-            matches!(&boot, JavaBoot::Jar { archive: Some(_), .. }),
+            matches!(
+                &boot,
+                JavaBoot::Jar {
+                    archive: Some(_),
+                    ..
+                }
+            ),
             "{boot:?}"
         );
         let memory_kb = warmpod_protocol::ResolvedLimits::COMPILE_DEFAULT.memory_kb;
         let mut argv = compiler_command(java(), memory_kb, &boot).unwrap();
         let class_at = argv.len() - 2;
-        argv.splice(class_at.., ["-Xshare:on".to_string(), "-version".to_string()]);
+        argv.splice(
+            class_at..,
+            ["-Xshare:on".to_string(), "-version".to_string()],
+        );
         // The class path "." is the (empty) work directory, as in a sandbox.
         let cwd = tempfile::tempdir().unwrap();
         let out = std::process::Command::new(&argv[0])
