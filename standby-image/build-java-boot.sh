@@ -53,8 +53,10 @@ fi
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/classes" "$work/out"
-"$JAVAC" -encoding UTF-8 -d "$work/classes" "$SOURCE"
+mkdir -p "$work/classes" "$work/out" "$work/boot"
+# (javac wants a public class's file named after it.)
+cp "$SOURCE" "$work/boot/WarmpodBoot.java"
+"$JAVAC" -encoding UTF-8 -d "$work/classes" "$work/boot/WarmpodBoot.java"
 "$JAR" --create --file "$work/out/warmpod-boot.jar" -C "$work/classes" .
 printf '%s\n' "$source_hash" > "$work/out/warmpod-boot.sha256"
 chmod -R a+rX "$work/out"
