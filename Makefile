@@ -9,7 +9,7 @@ export AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/%2f
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-deps: ## install system packages a fresh Debian needs (build tools, runtimes, bubblewrap, RabbitMQ); precompile the C++ headers
+deps: ## install system packages a fresh Debian needs (build tools, runtimes, bubblewrap, RabbitMQ); precompile the C++ headers and pre-started Java's bootstrap
 	scripts/deps.sh
 
 rabbitmq: ## make sure RabbitMQ answers on $$AMQP_URL (starts or installs it)

@@ -31,6 +31,10 @@ fi
 # Precompiled C++ standard headers for the C++ compile step (the local
 # sandboxes see /usr read-only); rebuilt only when g++ changed.
 as_root "$(dirname "$0")/../standby-image/build-pch.sh"
+# Pre-started Java's bootstrap, precompiled, and its compiler JVM's CDS
+# archive (the runner falls back to the source-file launcher without them);
+# rebuilt only when WarmpodBoot.java or the JDK changed.
+as_root "$(dirname "$0")/../standby-image/build-java-boot.sh"
 
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   echo "deps: installing cargo-nextest"

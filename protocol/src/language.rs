@@ -16,7 +16,9 @@
 //!   for the language, which waits for the program on a private descriptor;
 //! - `{bootstrap_file}`: (pre-start commands only) the path of a file
 //!   holding that code, for runtimes that load it from a file (Node's
-//!   `-r`, Java's source-file launcher).
+//!   `-r`, Java's source-file launcher); for Java, as a whole argument, the
+//!   runner substitutes the precompiled bootstrap instead when installed
+//!   (`-Xbootclasspath/a:<jar>` and its class).
 
 /// How a language's memory limit is enforced by the runner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,8 +201,8 @@ pub static LANGUAGES: &[Language] = &[
             "java.lang.OutOfMemoryError: Metaspace",
             "java.lang.OutOfMemoryError: Requested array size exceeds VM limit",
         ],
-        // The run command with the bootstrap (source-file mode) instead of
-        // the main class.
+        // The run command with the bootstrap (precompiled on the boot class
+        // path, or in source-file mode) instead of the main class.
         prestart: Some(&[
             "/usr/bin/java",
             "-XX:+UseSerialGC",

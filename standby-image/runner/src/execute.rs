@@ -13,7 +13,7 @@ use crate::classify::{self, Verdict};
 use crate::identity::{Identity, IdentityError};
 use crate::job::{self, PreparedJob};
 use crate::limits;
-use crate::prestart::{PrestartError, Prestarted};
+use crate::prestart::{DEFAULT_JAVA_BOOT_DIR, PrestartError, Prestarted};
 use crate::reaper;
 use crate::signals::StopSignals;
 use crate::spawn::{ForkExec, LaunchSpec, Launcher, StepKind};
@@ -49,6 +49,8 @@ pub struct Runner<L: Launcher = ForkExec> {
     left_processes: Cell<bool>,
     /// An interpreter started before the job (see [`Runner::prestart`]).
     prestarted: RefCell<Option<Prestarted>>,
+    /// Where pre-started Java finds its precompiled bootstrap.
+    java_boot_dir: PathBuf,
 }
 
 impl Runner<ForkExec> {
@@ -74,6 +76,7 @@ impl Runner<ForkExec> {
             launcher: ForkExec,
             left_processes: Cell::new(false),
             prestarted: RefCell::new(None),
+            java_boot_dir: PathBuf::from(DEFAULT_JAVA_BOOT_DIR),
         })
     }
 }
@@ -88,7 +91,17 @@ impl<L: Launcher> Runner<L> {
             launcher,
             left_processes: self.left_processes,
             prestarted: self.prestarted,
+            java_boot_dir: self.java_boot_dir,
         }
+    }
+
+    /// The same runner, pre-starting Java with the precompiled bootstrap
+    /// of `dir` (default [`DEFAULT_JAVA_BOOT_DIR`]; a missing or stale one
+    /// means the source-file launcher).
+    #[must_use]
+    pub fn with_java_boot_dir(mut self, dir: PathBuf) -> Self {
+        self.java_boot_dir = dir;
+        self
     }
 
     /// Starts `language`'s interpreter now, as the program uid, waiting for
@@ -102,7 +115,12 @@ impl<L: Launcher> Runner<L> {
         &self,
         language: &'static warmpod_protocol::Language,
     ) -> Result<(), PrestartError> {
-        let started = Prestarted::start(language, self.identity.switch_to(), &self.work_root)?;
+        let started = Prestarted::start(
+            language,
+            self.identity.switch_to(),
+            &self.work_root,
+            &self.java_boot_dir,
+        )?;
         // A previous one (if any) is killed here.
         *self.prestarted.borrow_mut() = Some(started);
         Ok(())

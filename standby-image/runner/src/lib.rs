@@ -43,7 +43,7 @@ pub use execute::{DEFAULT_WORK_ROOT, Runner, StartError, signal_name};
 pub use identity::{Identity, IdentityError, LOCK_DIR, UID_RANGE};
 pub use job::{JobError, MAX_LINE_BYTES, read_line, salvage_id};
 pub use limits::{MAX_STACK_BYTES, OPEN_FILES};
-pub use prestart::{PrestartError, supported as prestart_supported};
+pub use prestart::{DEFAULT_JAVA_BOOT_DIR, PrestartError, supported as prestart_supported};
 pub use spawn::{ForkExec, Kept, LaunchSpec, Launched, Launcher, PROGRAM_PATH, StepKind};
 pub use supervise::POLL_INTERVAL;
 pub use versions::{VERSION_TIMEOUT, missing_programs, versions};

@@ -13,7 +13,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use uuid::Uuid;
 use warmpod_protocol::{JobResult, Language};
-use warmpod_runner::{DEFAULT_WORK_ROOT, LOCK_DIR, Runner, read_line, salvage_id};
+use warmpod_runner::{
+    DEFAULT_JAVA_BOOT_DIR, DEFAULT_WORK_ROOT, LOCK_DIR, Runner, read_line, salvage_id,
+};
 
 /// Runs ONE warmpod job under limits: one JSON job line in, one JSON result
 /// line out.
@@ -39,6 +41,12 @@ struct Cli {
     /// cold. Languages without pre-start support are a configuration error.
     #[arg(long, env = "WARMPOD_RUNNER_PRESTART", value_name = "LANGUAGE")]
     prestart: Option<String>,
+    /// Where pre-started Java finds its precompiled bootstrap
+    /// (`standby-image/build-java-boot.sh`); when it is missing or was
+    /// built from another bootstrap than this runner's, the JVMs compile
+    /// the bootstrap from source at start-up instead (slower, same results).
+    #[arg(long, env = "WARMPOD_RUNNER_JAVA_BOOT_DIR", default_value = DEFAULT_JAVA_BOOT_DIR)]
+    java_boot_dir: PathBuf,
     /// Directory of the per-uid lock files (root only).
     #[arg(long, env = "WARMPOD_RUNNER_LOCK_DIR", default_value = LOCK_DIR)]
     lock_dir: PathBuf,
@@ -90,7 +98,8 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runner = Runner::start(cli.uid, &cli.lock_dir, cli.work_root.clone());
+    let runner = Runner::start(cli.uid, &cli.lock_dir, cli.work_root.clone())
+        .map(|r| r.with_java_boot_dir(cli.java_boot_dir.clone()));
     if let (Ok(runner), Some(language)) = (&runner, prestart)
         && let Err(e) = runner.prestart(language)
     {

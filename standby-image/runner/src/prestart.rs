@@ -16,7 +16,7 @@
 //! language's bootstrap (`prestart/python.py`, `javascript.js`,
 //! `WarmpodBoot.java`) makes the program run as the cold command would; a
 //! runtime that loads it from a file gets a [`BootstrapFile`] beside the
-//! work directory.
+//! work directory (Java's comes precompiled when installed, see `java`).
 //!
 //! A compiled language has two waiting processes: the compiler's and the
 //! program's. While the compile step runs, the program's process is
@@ -32,7 +32,7 @@
 //! - `bootstrap_file`: the bootstrap of a runtime that loads it from a
 //!   file (Node, Java), beside the work directory;
 //! - `java`: the JVM specifics (the compiler JVM's command, javac's
-//!   arguments, the bootstrap's file name).
+//!   arguments, the precompiled bootstrap or the bootstrap's file name).
 
 mod bootstrap_file;
 mod java;
@@ -59,6 +59,8 @@ use crate::sys::{self, ChildSetup};
 use crate::workdir::WorkDir;
 
 use bootstrap_file::BootstrapFile;
+pub use java::DEFAULT_BOOT_DIR as DEFAULT_JAVA_BOOT_DIR;
+use java::JavaBoot;
 
 /// How long a step waits for its process, still starting up, before it
 /// is given its program anyway (its wall clock runs meanwhile).
@@ -190,7 +192,8 @@ struct WaitingSpec<'a> {
 impl Prestarted {
     /// Starts `language`'s runtime (and compiler) as `ids` in a fresh
     /// directory under `work_root`, for jobs with the default memory
-    /// limits.
+    /// limits. Java loads its bootstrap precompiled from `java_boot_dir`
+    /// when the jar there is current (else from source).
     ///
     /// # Errors
     /// See [`PrestartError`].
@@ -198,6 +201,7 @@ impl Prestarted {
         language: &'static Language,
         ids: Option<(u32, u32)>,
         work_root: &Path,
+        java_boot_dir: &Path,
     ) -> Result<Self, PrestartError> {
         let (Some(template), Some(bootstrap), true) =
             (language.prestart, bootstrap(language), supported(language))
@@ -211,22 +215,28 @@ impl Prestarted {
         let memory_kb = ResolvedLimits::DEFAULT.memory_kb;
         let compile_memory_kb = ResolvedLimits::COMPILE_DEFAULT.memory_kb;
         let dir = WorkDir::create_for_prestart(work_root, ids).map_err(spawn_err)?;
-        let bootstrap_file = template
-            .iter()
-            .any(|a| a.contains("{bootstrap_file}"))
-            .then(|| BootstrapFile::write(work_root, bootstrap.file_name, bootstrap.code))
-            .transpose()
-            .map_err(spawn_err)?;
+        let java_jar = java::is_jvm(language)
+            .then(|| JavaBoot::installed(java_boot_dir, bootstrap.code))
+            .flatten();
+        let bootstrap_file = (java_jar.is_none()
+            && template.iter().any(|a| a.contains("{bootstrap_file}")))
+        .then(|| BootstrapFile::write(work_root, bootstrap.file_name, bootstrap.code))
+        .transpose()
+        .map_err(spawn_err)?;
         let boot_path = bootstrap_file
             .as_ref()
             .map(|b| b.path().to_string_lossy().into_owned());
+        let java_boot = java_jar.or_else(|| {
+            let source = boot_path.clone().filter(|_| java::is_jvm(language));
+            source.map(JavaBoot::Source)
+        });
         let channel = if java::is_jvm(language) {
             Channel::Pipes
         } else {
             Channel::Socket
         };
         // The compiler first: its step comes first.
-        let compile = match (language.compile, &boot_path) {
+        let compile = match (language.compile, &java_boot) {
             (None, _) => None,
             (Some(_), Some(boot)) => {
                 let argv = java::compiler_command(language, compile_memory_kb, boot)
@@ -241,11 +251,20 @@ impl Prestarted {
             }
             (Some(_), None) => return Err(PrestartError::Unsupported(language.key)),
         };
+        // A whole `{bootstrap_file}` word is how the JVM loads it (the
+        // precompiled one takes two words).
+        let boot_words = match &java_boot {
+            Some(boot) => boot.words(false),
+            None => boot_path.iter().cloned().collect(),
+        };
         let argv: Vec<String> = language::expand(template, &[language.source_file], memory_kb)
             .into_iter()
-            .map(|a| {
-                a.replace("{bootstrap_file}", boot_path.as_deref().unwrap_or_default())
-                    .replace("{bootstrap}", bootstrap.code)
+            .flat_map(|a| match a.as_str() {
+                "{bootstrap_file}" => boot_words.clone(),
+                _ => vec![
+                    a.replace("{bootstrap_file}", boot_path.as_deref().unwrap_or_default())
+                        .replace("{bootstrap}", bootstrap.code),
+                ],
             })
             .collect();
         let spec = WaitingSpec {

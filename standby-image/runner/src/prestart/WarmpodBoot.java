@@ -1,5 +1,9 @@
-// warmpod pre-started Java: run by the JDK's source-file launcher as
-// `java <the cold command's JVM options> WarmpodBoot.java compile|run`.
+// warmpod pre-started Java, run as
+// `java <the cold command's JVM options> -Xbootclasspath/a:<jar> warmpod.boot.WarmpodBoot compile|run`
+// from the jar standby-image/build-java-boot.sh builds (on the boot class
+// path: no user class path entry, invisible to the system class loader), or,
+// when that jar is missing or stale, by the JDK's source-file launcher as
+// `java <options> WarmpodBoot.java compile|run`.
 // Warms up, says "ready" on fd 4 (a pipe), reads
 // "<stdin mode>\0<work dir>\0<argv>..." from fd 3 (a pipe, until EOF), then:
 // - compile: runs javac in-process on argv (its command-line arguments) and
@@ -7,9 +11,11 @@
 // - run: runs `argv[0]`'s main(argv[1..]) from the application class path
 //   (".", the work directory) on this, the real "main" thread, as `java -cp .
 //   Main` would. An uncaught exception leaves the JVM as it would cold (the
-//   launcher prints it, other threads run on, exit code 1), its stack traces
-//   without our frames.
+//   JVM, or the source launcher, prints it, other threads run on, exit code
+//   1), its stack traces without our frames.
 // Nothing of it is left in the work directory.
+
+package warmpod.boot;
 
 import java.io.ByteArrayOutputStream;
 import java.io.File;
@@ -33,15 +39,20 @@ import java.util.List;
 import java.util.Set;
 
 public class WarmpodBoot {
-    /** The frames below main (the source launcher's), which it trims itself. */
+    /**
+     * The frames below main: the source launcher's, which it trims itself
+     * (none when run from the jar: the JVM calls main directly).
+     */
     private static StackTraceElement[] launcherFrames;
 
     public static void main(String[] args) throws Throwable {
         StackTraceElement[] here = new Throwable().getStackTrace();
         launcherFrames = Arrays.copyOfRange(here, 1, here.length);
         boolean compile = args.length > 0 && args[0].equals("compile");
+        MethodHandle javac = null;
         if (compile) {
-            warmUpCompiler();
+            javac = javac(String[].class);
+            warmUpCompiler(javac(String[].class, PrintWriter.class));
         } else {
             warmUpRuntime();
             forgetStartUpPeak();
@@ -51,7 +62,7 @@ public class WarmpodBoot {
         String[] argv = Arrays.copyOfRange(fields, 2, fields.length);
         System.setProperty("user.dir", workDir);
         if (compile) {
-            System.exit(com.sun.tools.javac.Main.compile(argv));
+            System.exit((int) javac.invokeExact(argv));
         }
         run(argv[0], Arrays.copyOfRange(argv, 1, argv.length));
     }
@@ -72,8 +83,21 @@ public class WarmpodBoot {
         return new String(header.toByteArray(), StandardCharsets.UTF_8).split("\0", -1);
     }
 
-    /** Compiles a throw-away class in a throw-away directory, twice. */
-    private static void warmUpCompiler() throws IOException {
+    /**
+     * `int com.sun.tools.javac.Main.compile(<parameters>)`; with `String[]`
+     * alone, the `javac` command's entry point (same diagnostics, on
+     * System.err). Found through the system class loader, which defines the
+     * jdk.compiler module: the boot class path's loader (the jar's) cannot
+     * see it (the source launcher's can, through its parent).
+     */
+    private static MethodHandle javac(Class<?>... parameters) throws ReflectiveOperationException {
+        Class<?> main = Class.forName("com.sun.tools.javac.Main", true, ClassLoader.getSystemClassLoader());
+        return MethodHandles.publicLookup()
+            .findStatic(main, "compile", MethodType.methodType(int.class, parameters));
+    }
+
+    /** Compiles a throw-away class in a throw-away directory, its diagnostics dropped. */
+    private static void warmUpCompiler(MethodHandle compile) throws Throwable {
         File dir = Files.createTempDirectory(new File(".").toPath(), ".warmpod-warm-up").toFile();
         try {
             File source = new File(dir, "Warm.java");
@@ -81,11 +105,9 @@ public class WarmpodBoot {
                 "import java.util.*;\npublic class Warm { public static void main(String[] a) {\n"
                 + " List<String> l = new ArrayList<>(List.of(a)); Collections.sort(l);\n"
                 + " System.out.println(String.join(\",\", l) + new Scanner(System.in).nextLine()); } }\n");
-            for (int i = 0; i < 2; i++) {
-                com.sun.tools.javac.Main.compile(
-                    new String[] {"-encoding", "UTF-8", "-d", dir.getPath(), source.getPath()},
-                    new PrintWriter(new StringWriter()));
-            }
+            int ignored = (int) compile.invokeExact(
+                new String[] {"-encoding", "UTF-8", "-d", dir.getPath(), source.getPath()},
+                new PrintWriter(new StringWriter()));
         } finally {
             for (File f : dir.listFiles()) {
                 f.delete();
@@ -94,11 +116,19 @@ public class WarmpodBoot {
         }
     }
 
-    /** Loads and links what running a program uses. */
+    /**
+     * Loads and links what running a program uses: the method-handle call
+     * of main, and the bootstrap methods nearly every program's first lines
+     * link (string concatenation, lambdas and method references), whose
+     * first use costs tens of milliseconds.
+     */
     private static void warmUpRuntime() throws Throwable {
         MethodHandle handle = mainHandle(WarmpodBoot.class.getDeclaredMethod("noop", String[].class));
         handle.invokeExact(new String[0]);
         trim(new Throwable(), true);
+        String[] words = {"b", "a"};
+        Arrays.sort(words, (x, y) -> (x + y.length()).compareTo(y + x.length()));
+        List.of(words).forEach(String::length);
     }
 
     private static void noop(String[] args) {}

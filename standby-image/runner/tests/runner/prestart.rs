@@ -37,8 +37,13 @@ fn normalised(result: &JobResult) -> JobResult {
 /// times, peak memory and the runner's pid in paths) and returns the
 /// pre-started one.
 fn same_both_ways(test_job: &TestJob) -> JobResult {
+    same_both_ways_with(test_job, &["--prestart", &test_job.language()])
+}
+
+/// [`same_both_ways`] with the pre-started runner started with `args`.
+fn same_both_ways_with(test_job: &TestJob, args: &[&str]) -> JobResult {
     let cold = test_job.run_with_args(&[]);
-    let warm = test_job.run_prestarted();
+    let warm = test_job.run_with_args(args);
     assert_eq!(normalised(&warm), normalised(&cold), "pre-started vs cold");
     warm
 }
@@ -380,26 +385,91 @@ mod java {
 
     use super::*;
 
+    /// What a Java program can see of how it was started, and how it fails.
+    const PROGRAMS: &[&str] = &[
+        "public class Main { public static void main(String[] a) throws Exception {\n System.out.println(String.join(\"|\", a) + \" \" + a.length);\n System.out.println(System.getProperty(\"user.dir\").equals(new java.io.File(\"\").getAbsolutePath()) + \" \" + new java.io.File(\"x\").getCanonicalPath().startsWith(System.getProperty(\"user.dir\")));\n System.out.println(System.getProperty(\"java.class.path\") + \" \" + (Main.class.getClassLoader() == ClassLoader.getSystemClassLoader()) + \" \" + (Thread.currentThread().getContextClassLoader() == ClassLoader.getSystemClassLoader()) + \" \" + Thread.currentThread().getName());\n java.util.List<String> l = new java.util.ArrayList<>(java.util.Arrays.asList(new java.io.File(\".\").list())); java.util.Collections.sort(l); System.out.println(l);\n} }",
+        "public class Main {\n static void f(int n) { if (n == 0) throw new IllegalStateException(\"deep\"); f(n - 1); }\n public static void main(String[] a) {\n  try { f(3); } catch (RuntimeException e) { RuntimeException r = new RuntimeException(\"outer\", e); r.addSuppressed(new Error(\"s\")); throw r; }\n } }",
+        "public class Main { public static void main(String[] a) { System.out.println(\"partial\"); System.exit(3); } }",
+        "public class Main { public static void main(String[] a) { int[] x = new int[1]; x[2] = 1; } }",
+        "public class Main { static int v = Integer.parseInt(\"no\"); public static void main(String[] a) { } }",
+        "public class Main { public static void main(String[] a) throws Exception {\n Thread t = new Thread(() -> { try { Thread.sleep(200); } catch (InterruptedException e) { } System.out.println(\"thread done\"); });\n t.start(); throw new Exception(\"main dies first\"); } }",
+        "public class Main { public static void main(String[] a) { Runtime.getRuntime().addShutdownHook(new Thread(() -> System.out.println(\"hook\"))); Thread.setDefaultUncaughtExceptionHandler((t, e) -> System.out.println(\"handled \" + e.getMessage())); throw new RuntimeException(\"x\"); } }",
+        "public class Main { static int depth = 0; static void r() { depth++; r(); } public static void main(String[] a) { r(); } }",
+        "public class Main { void main(String[] a) { } }",
+        "class Other { public static void main(String[] a) { } }",
+        "public class Main { public static void main(String[] a) throws Exception {\n java.io.BufferedReader in = new java.io.BufferedReader(new java.io.InputStreamReader(System.in));\n System.out.println(in.readLine() + \" \" + System.in.available()); } }",
+        "public class Main { void f() { int x = \"s\"; } }",
+    ];
+
     #[test]
     fn results_are_those_of_the_cold_path() {
-        let programs = [
-            "public class Main { public static void main(String[] a) throws Exception {\n System.out.println(String.join(\"|\", a) + \" \" + a.length);\n System.out.println(System.getProperty(\"user.dir\").equals(new java.io.File(\"\").getAbsolutePath()) + \" \" + new java.io.File(\"x\").getCanonicalPath().startsWith(System.getProperty(\"user.dir\")));\n System.out.println(System.getProperty(\"java.class.path\") + \" \" + (Main.class.getClassLoader() == ClassLoader.getSystemClassLoader()) + \" \" + (Thread.currentThread().getContextClassLoader() == ClassLoader.getSystemClassLoader()) + \" \" + Thread.currentThread().getName());\n java.util.List<String> l = new java.util.ArrayList<>(java.util.Arrays.asList(new java.io.File(\".\").list())); java.util.Collections.sort(l); System.out.println(l);\n} }",
-            "public class Main {\n static void f(int n) { if (n == 0) throw new IllegalStateException(\"deep\"); f(n - 1); }\n public static void main(String[] a) {\n  try { f(3); } catch (RuntimeException e) { RuntimeException r = new RuntimeException(\"outer\", e); r.addSuppressed(new Error(\"s\")); throw r; }\n } }",
-            "public class Main { public static void main(String[] a) { System.out.println(\"partial\"); System.exit(3); } }",
-            "public class Main { public static void main(String[] a) { int[] x = new int[1]; x[2] = 1; } }",
-            "public class Main { static int v = Integer.parseInt(\"no\"); public static void main(String[] a) { } }",
-            "public class Main { public static void main(String[] a) throws Exception {\n Thread t = new Thread(() -> { try { Thread.sleep(200); } catch (InterruptedException e) { } System.out.println(\"thread done\"); });\n t.start(); throw new Exception(\"main dies first\"); } }",
-            "public class Main { public static void main(String[] a) { Runtime.getRuntime().addShutdownHook(new Thread(() -> System.out.println(\"hook\"))); Thread.setDefaultUncaughtExceptionHandler((t, e) -> System.out.println(\"handled \" + e.getMessage())); throw new RuntimeException(\"x\"); } }",
-            "public class Main { static int depth = 0; static void r() { depth++; r(); } public static void main(String[] a) { r(); } }",
-            "public class Main { void main(String[] a) { } }",
-            "class Other { public static void main(String[] a) { } }",
-            "public class Main { public static void main(String[] a) throws Exception {\n java.io.BufferedReader in = new java.io.BufferedReader(new java.io.InputStreamReader(System.in));\n System.out.println(in.readLine() + \" \" + System.in.available()); } }",
-            "public class Main { void f() { int x = \"s\"; } }",
-        ];
-        for code in programs {
+        // The precompiled bootstrap when installed (`make deps`; see
+        // the_installed_bootstrap_jar_is_on_the_jvms_boot_class_path_unless_stale).
+        for code in PROGRAMS {
             let result = same_both_ways(&job("java", code).args(&["a", "b c", "ü"]));
             assert_ne!(result.status, Status::InternalError, "{result:#?}");
         }
+    }
+
+    #[test]
+    fn from_source_results_are_those_of_the_cold_path() {
+        // No jar in the boot directory: the JVMs load WarmpodBoot.java with
+        // the source-file launcher.
+        let empty = tempfile::tempdir().expect("temp dir");
+        let dir = empty.path().to_str().expect("UTF-8");
+        let args = ["--prestart", "java", "--java-boot-dir", dir];
+        for code in PROGRAMS {
+            let result = same_both_ways_with(&job("java", code).args(&["a", "b c", "ü"]), &args);
+            assert_ne!(result.status, Status::InternalError, "{result:#?}");
+        }
+        same_both_ways_with(
+            &job("java", "public class Main { public static void main(String[] a) { System.out.println(new java.util.Scanner(System.in).nextLine()); } }")
+                .stdin("from stdin\n"),
+            &args,
+        );
+    }
+
+    /// Where `standby-image/build-java-boot.sh` (run by `make deps`)
+    /// installs the precompiled bootstrap.
+    const BOOT_DIR: &str = "/usr/local/lib/warmpod/java";
+
+    #[test]
+    fn the_installed_bootstrap_jar_is_on_the_jvms_boot_class_path_unless_stale() {
+        let code = "public class Main { public static void main(String[] a) { System.out.println(java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments().stream().filter(o -> o.startsWith(\"-Xbootclasspath/a:\")).findFirst().orElse(\"none\")); } }";
+        let appended = |args: &[&str]| {
+            let result = job("java", code).run_with_args(args);
+            assert_status(&result, Status::Accepted);
+            result.stdout.trim_end().to_string()
+        };
+        assert_eq!(
+            appended(&["--prestart", "java"]),
+            format!("-Xbootclasspath/a:{BOOT_DIR}/warmpod-boot.jar"),
+            "run `make deps` (standby-image/build-java-boot.sh) for this WarmpodBoot.java"
+        );
+        assert_eq!(appended(&[]), "none", "cold");
+        // A copy of the jar (without the archive), then the same said to be
+        // built from another WarmpodBoot.java.
+        let copy = tempfile::tempdir().expect("temp dir");
+        for file in ["warmpod-boot.jar", "warmpod-boot.sha256"] {
+            fs::copy(format!("{BOOT_DIR}/{file}"), copy.path().join(file)).expect("copied");
+        }
+        fs::set_permissions(
+            copy.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("dir opened");
+        let dir = copy.path().to_str().expect("UTF-8");
+        let args = ["--prestart", "java", "--java-boot-dir", dir];
+        assert_eq!(
+            appended(&args),
+            format!("-Xbootclasspath/a:{dir}/warmpod-boot.jar")
+        );
+        fs::write(
+            copy.path().join("warmpod-boot.sha256"),
+            format!("{}\n", "0".repeat(64)),
+        )
+        .expect("hash written");
+        assert_eq!(appended(&args), "none", "a stale jar is not used");
     }
 
     #[test]
