@@ -14,11 +14,13 @@
 # (which a trace function set by the program does not trace), and calls the
 # finisher only when no trace or profile function is set.
 def _warmpod_finisher():
-    """Returns `(arm, finish)`: `arm(work_dir, entry, source)` notes what
-    the job's sources show, just before the program runs; `finish(error)`
-    (error: the exception ending the program, or None) flushes the
-    standard streams and ends the process as finalization would, or
-    returns when that could be seen.
+    """Returns `(arm, finish, unfreeze)`: `arm(work_dir, entry, source)`
+    notes what the job's sources show, just before the program runs;
+    `finish(error)` (error: the exception ending the program, or None)
+    flushes the standard streams and ends the process as finalization
+    would, or returns when that could be seen, after undoing the freeze
+    below; `unfreeze` undoes it (gc.unfreeze, for the path that cannot
+    call `finish`).
 
     Everything it uses is bound here, before the program runs: the
     program's globals (where it may have bound names like `type`) are
@@ -40,6 +42,8 @@ def _warmpod_finisher():
     flags_of = type.__dict__["__flags__"].__get__
     is_class = type.__dict__["__instancecheck__"].__get__(type)
     callback_of = weakref_type.__dict__["__callback__"].__get__
+    is_weakref = weakref_type.__instancecheck__
+    exit_now = os._exit
     generator = type_((lambda: (yield))())
     HAVE_GC, HEAPTYPE = 1 << 14, 1 << 9
     # Weakref callbacks that only drop an entry of a weak container.
@@ -59,6 +63,7 @@ def _warmpod_finisher():
     # made just before the program, which a gc.freeze() of its own moves
     # out of reach of gc.get_objects().
     state = {"audit": True, "young": None}
+    startup_modules = set_()
 
     def arm(work_dir, entry, source):
         # An audit hook would see finalization's last event.
@@ -118,7 +123,7 @@ def _warmpod_finisher():
             elif kind in memory_files:
                 pass
             elif issubclass_(kind, weakref_type):
-                for ref in filter_(kind.__instancecheck__, objects):
+                for ref in filter_(is_weakref, objects):
                     callback = callback_of(ref)
                     if callback is None:
                         continue
@@ -146,7 +151,9 @@ def _warmpod_finisher():
     def quiet_modules():
         # C code may leave output in C stdio buffers, which only exit()
         # flushes: ctypes, curses, extensions outside the standard library.
-        for name, module in tuple_(sys.modules.items()):
+        modules = sys.modules
+        for name in set_(modules).difference(startup_modules):
+            module = modules.get(name)
             if type_(module) is module_type:
                 path = module.__dict__.get("__file__")
                 if type_(path) is str_ and path.endswith(".so"):
@@ -161,7 +168,7 @@ def _warmpod_finisher():
             return False  # the originals may hold output that finalization writes
         if sys.gettrace() is not None or sys.getprofile() is not None or state["audit"]:
             return False  # would see finalization's calls and events
-        if "PYTHONINSPECT" in os.environ:
+        if b"PYTHONINSPECT" in os.environ._data:
             return False  # the interpreter turns interactive at the end
         if _thread._count():
             return False  # threads run on (non-daemon ones are joined)
@@ -203,7 +210,7 @@ def _warmpod_finisher():
                     out.flush()
                 if not err.closed:
                     err.flush()
-                os._exit(code)
+                exit_now(code)
         except BaseException_:
             pass
         try:
@@ -219,7 +226,10 @@ def _warmpod_finisher():
             gc.unfreeze()
 
     # Start-up objects: not scanned by the program's collections, nor
-    # above.
+    # above. Among them the AST node classes, which compile() makes on its
+    # first call: made now, they are not the program's to scan.
+    compile("", "", "exec", dont_inherit=True)
+    startup_modules.update(sys.modules)
     gc.freeze()
     return arm, finish, gc.unfreeze
 def _warmpod_program():
