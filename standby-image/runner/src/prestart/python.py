@@ -26,13 +26,13 @@ def _warmpod_finisher():
     program's globals (where it may have bound names like `type`) are
     never looked up."""
     import builtins, os, sys, _io, _thread, _warnings, _weakref
-    gc_loaded = "gc" in sys.modules
-    import gc
-    if not gc_loaded:
-        del sys.modules["gc"]  # as at a cold start; a program's import reloads it
+    loaded = set(sys.modules)
+    import gc, itertools, _operator
+    for name in {"gc", "itertools", "_operator"} - loaded:
+        del sys.modules[name]  # as at a cold start; a program's import reloads it
     b = builtins
-    type_, tuple_, set_, map_, filter_, all_, any_, issubclass_, getattr_, id_ = (
-        b.type, b.tuple, b.set, b.map, b.filter, b.all, b.any, b.issubclass, b.getattr, b.id)
+    type_, tuple_, set_, map_, all_, any_, issubclass_, getattr_ = (
+        b.type, b.tuple, b.set, b.map, b.all, b.any, b.issubclass, b.getattr)
     SystemExit_, BaseException_, int_, bool_, str_ = (
         b.SystemExit, b.BaseException, b.int, b.bool, b.str)
     module_type, function_type, builtin_type = type_(sys), type_(lambda: 0), type_(len)
@@ -40,9 +40,8 @@ def _warmpod_finisher():
     mro_of = type.__dict__["__mro__"].__get__
     dict_of = type.__dict__["__dict__"].__get__
     flags_of = type.__dict__["__flags__"].__get__
-    is_class = type.__dict__["__instancecheck__"].__get__(type)
+    compress_, repeat_, is_ = itertools.compress, itertools.repeat, _operator.is_
     callback_of = weakref_type.__dict__["__callback__"].__get__
-    is_weakref = weakref_type.__instancecheck__
     exit_now = os._exit
     generator = type_((lambda: (yield))())
     HAVE_GC, HEAPTYPE = 1 << 14, 1 << 9
@@ -100,8 +99,12 @@ def _warmpod_finisher():
             f = getattr_(f, file_layers[type_(f)])
         return type_(f) is _io.FileIO and top.closed
 
+    def of_kind(kind, objects):
+        # (isinstance() could run the program's code: it reads __class__.)
+        return compress_(objects, map_(is_, repeat_(kind), map_(type_, objects)))
+
     def program_froze(objects):
-        return id_(state["young"]) not in set_(map_(id_, objects))
+        return not any_(map_(is_, repeat_(state["young"]), objects))
 
     def quiet_objects():
         # What finalization frees and may run code for: the objects made
@@ -111,19 +114,18 @@ def _warmpod_finisher():
         objects = gc.get_objects()
         if program_froze(objects):
             return False
-        classes_checked = False
-        for kind in set_(map_(type_, objects)):
+        for kind in set_(map_(type_, objects)).difference(plain_kinds):
             if kind is generator:
-                if not all_(map_(quiet_generator, filter_(generator.__instancecheck__, objects))):
+                if not all_(map_(quiet_generator, of_kind(kind, objects))):
                     return False
             elif kind in file_layers or kind is _io.FileIO:
                 # Finalization closes, so flushes, what is still open.
-                if not all_(closed(f) for f in filter_(kind.__instancecheck__, objects) if type_(f) is kind):
+                if not all_(map_(closed, of_kind(kind, objects))):
                     return False
             elif kind in memory_files:
                 pass
             elif issubclass_(kind, weakref_type):
-                for ref in filter_(is_weakref, objects):
+                for ref in of_kind(kind, objects):
                     callback = callback_of(ref)
                     if callback is None:
                         continue
@@ -141,9 +143,8 @@ def _warmpod_finisher():
                 # __del__, or a C finalizer: coroutines (never awaited),
                 # async generators, sockets, asyncio, subprocess...
                 return False
-            if not classes_checked and issubclass_(kind, type_):
-                classes_checked = True
-                for cls in filter_(is_class, objects):
+            if issubclass_(kind, type_):
+                for cls in of_kind(kind, objects):
                     if not flags_of(cls) & HAVE_GC and has_del(cls):
                         return False
         return True
@@ -230,6 +231,13 @@ def _warmpod_finisher():
     # first call: made now, they are not the program's to scan.
     compile("", "", "exec", dont_inherit=True)
     startup_modules.update(sys.modules)
+    # Kinds that need no look: C types (their methods cannot change)
+    # without a finalizer, weakrefs or instances that are classes.
+    plain_kinds = {
+        kind for kind in set(map(type, gc.get_objects()))
+        if not flags_of(kind) & HEAPTYPE and not has_del(kind)
+        and not issubclass(kind, (weakref_type, type)) and kind not in proxy_types
+    }
     gc.freeze()
     return arm, finish, gc.unfreeze
 def _warmpod_program():

@@ -118,6 +118,11 @@ const PROGRAMS: &[(&str, &str, Option<bool>)] = &[
         Some(false),
     ),
     (
+        "objects that run code when looked at",
+        "import weakref\nclass Sneaky:\n    @property\n    def __class__(self):\n        print('__class__ read')\n        return Sneaky\n    def __getattribute__(self, name):\n        print('read', name)\n        return object.__getattribute__(self, name)\ns = Sneaky()\nr = weakref.ref(s)\ndef g():\n    yield 1\nit = g()\nprint('x')",
+        Some(true),
+    ),
+    (
         "StringIO",
         "import io\nbuf = io.StringIO()\nbuf.write('x')\nprint(buf.getvalue())",
         Some(true),
