@@ -8,4 +8,5 @@ mod languages;
 mod limits;
 mod prestart;
 mod processes;
+mod python_exit;
 mod serve;

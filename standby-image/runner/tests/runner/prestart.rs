@@ -11,7 +11,7 @@ use crate::helpers::{TestJob, assert_status, job, run_raw};
 
 /// The result with the work directory's name (it holds the runner's pid,
 /// different in every run) replaced by a placeholder.
-fn normalised(result: &JobResult) -> JobResult {
+pub(crate) fn normalised(result: &JobResult) -> JobResult {
     let dir = format!("/tmp/warmpod-{}-", result.id);
     let strip = |s: &str| {
         let mut out = String::new();
