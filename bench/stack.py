@@ -70,10 +70,19 @@ def metric(text, name):
     return total
 
 
+def broker_address():
+    """(host, port) of `AMQP_URL` (default port 5672)."""
+    hostport = AMQP_URL.split("://", 1)[-1].rsplit("@", 1)[-1].split("/", 1)[0]
+    host, _, port = hostport.partition(":")
+    return host or "127.0.0.1", int(port or 5672)
+
+
 def broker_up():
-    """Whether RabbitMQ accepts TCP connections on its AMQP port."""
+    """Whether RabbitMQ accepts TCP connections on `AMQP_URL`'s port (a
+    private broker for drills: `AMQP_URL` with its port, and
+    `RABBITMQ_NODENAME` for `rabbitmqctl`)."""
     try:
-        with socket.create_connection(("127.0.0.1", 5672), timeout=1):
+        with socket.create_connection(broker_address(), timeout=1):
             return True
     except OSError:
         return False

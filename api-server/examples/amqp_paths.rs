@@ -8,8 +8,9 @@
 //! `basic_publish` to the delivery reaching the consuming task, and to the
 //! publisher confirm where there is one. Paths:
 //! - `quorum`: a persistent message into a quorum queue with the jobs
-//!   queue's arguments (the job message today);
-//! - `classic`: the same into a durable classic queue;
+//!   queue's arguments (the job message with `WARMPOD_JOBS_QUEUE_TYPE=quorum`);
+//! - `classic`: the same into a durable classic queue with the jobs queue's
+//!   arguments (the job message with the default `WARMPOD_JOBS_QUEUE_TYPE`);
 //! - `event`: a persistent message on a topic exchange routed to a durable
 //!   classic queue with a no-ack consumer (the final event today);
 //! - `transient`: a transient message through the default exchange to an
@@ -91,16 +92,13 @@ async fn measure(
     let (pub_exchange, routing_key, mut consumer) = match path {
         "quorum" | "classic" => {
             let mut args = FieldTable::default();
+            args.insert("x-queue-type".into(), AMQPValue::LongString(path.into()));
+            args.insert("x-max-length".into(), AMQPValue::LongLongInt(10_000));
+            args.insert(
+                "x-overflow".into(),
+                AMQPValue::LongString("reject-publish".into()),
+            );
             if path == "quorum" {
-                args.insert(
-                    "x-queue-type".into(),
-                    AMQPValue::LongString("quorum".into()),
-                );
-                args.insert("x-max-length".into(), AMQPValue::LongLongInt(10_000));
-                args.insert(
-                    "x-overflow".into(),
-                    AMQPValue::LongString("reject-publish".into()),
-                );
                 args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(10));
             }
             consumer_ch

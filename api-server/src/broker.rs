@@ -286,6 +286,11 @@ impl Supervisor {
         };
         let (publisher, replies, events, callbacks) = match setup.await {
             Ok(parts) => parts,
+            Err(e) if refuses_queue_type(&e) => {
+                let hint =
+                    queue::queue_type_mismatch_hint(&topology.jobs_queue, topology.jobs_queue_type);
+                return SessionEnd::Fatal(anyhow::Error::new(e).context(hint));
+            }
             Err(e) if is_precondition_failed(&e) => {
                 return SessionEnd::Fatal(anyhow::Error::new(e).context(
                     "RabbitMQ refused the topology: a queue or exchange exists with other arguments \
@@ -416,12 +421,24 @@ fn is_precondition_failed(e: &lapin::Error) -> bool {
     )
 }
 
-/// The jobs queue's arguments, exactly as `warmpod_protocol::queue` lists them.
+/// Whether the broker refused a declaration for its `x-queue-type` (the jobs
+/// queue exists with the other type).
+fn refuses_queue_type(e: &lapin::Error) -> bool {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => {
+            is_precondition_failed(e) && queue::is_queue_type_refusal(amqp.get_message().as_str())
+        }
+        _ => false,
+    }
+}
+
+/// The jobs queue's arguments, exactly as `warmpod_protocol::queue` lists
+/// them for the configured queue type.
 pub fn jobs_queue_arguments(topology: &Topology) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(
         "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
+        AMQPValue::LongString(topology.jobs_queue_type.as_str().into()),
     );
     args.insert(
         "x-max-length".into(),
@@ -435,10 +452,12 @@ pub fn jobs_queue_arguments(topology: &Topology) -> FieldTable {
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString(topology.dead_letter_exchange.as_str().into()),
     );
-    args.insert(
-        "x-delivery-limit".into(),
-        AMQPValue::LongLongInt(queue::JOBS_QUEUE_DELIVERY_LIMIT),
-    );
+    if topology.jobs_queue_type == queue::JobsQueueType::Quorum {
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(queue::JOBS_QUEUE_DELIVERY_LIMIT),
+        );
+    }
     args
 }
 

@@ -5,7 +5,10 @@
 
 use std::{fmt, net::SocketAddr, num::NonZeroU32, time::Duration};
 
-use warmpod_protocol::{ResolvedLimits, queue};
+use warmpod_protocol::{
+    ResolvedLimits,
+    queue::{self, JOBS_QUEUE_TYPE_VAR, JobsQueueType},
+};
 
 /// A value that must not appear in logs.
 #[derive(Clone, PartialEq, Eq)]
@@ -32,7 +35,7 @@ impl fmt::Debug for Secret {
 /// runs (and several deployments on one broker) do not meet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
-    /// The jobs quorum queue.
+    /// The jobs queue.
     pub jobs_queue: String,
     /// The jobs queue's dead-letter exchange (fanout).
     pub dead_letter_exchange: String,
@@ -44,10 +47,15 @@ pub struct Topology {
     pub callbacks_queue: String,
     /// `x-max-length` of the jobs queue.
     pub jobs_queue_max_length: i64,
+    /// `x-queue-type` of the jobs queue (`WARMPOD_JOBS_QUEUE_TYPE`); must
+    /// equal the pod-managers'.
+    pub jobs_queue_type: JobsQueueType,
 }
 
 impl Topology {
-    /// Names for `prefix` (prepended verbatim, e.g. `"test-1234."`).
+    /// Names for `prefix` (prepended verbatim, e.g. `"test-1234."`), with a
+    /// jobs queue of the default type (classic); see
+    /// [`Topology::with_queue_type`].
     pub fn new(prefix: &str, jobs_queue_max_length: i64) -> Self {
         Self {
             jobs_queue: format!("{prefix}{}", queue::JOBS_QUEUE),
@@ -56,6 +64,15 @@ impl Topology {
             events_exchange: format!("{prefix}{}", queue::EVENTS_EXCHANGE),
             callbacks_queue: format!("{prefix}{}", queue::CALLBACKS_QUEUE),
             jobs_queue_max_length,
+            jobs_queue_type: JobsQueueType::default(),
+        }
+    }
+
+    /// The same names with a jobs queue of `queue_type`.
+    pub fn with_queue_type(self, queue_type: JobsQueueType) -> Self {
+        Self {
+            jobs_queue_type: queue_type,
+            ..self
         }
     }
 }
@@ -146,6 +163,7 @@ impl Config {
         if max_len < 1 {
             return Err(env.bad("WARMPOD_QUEUE_MAX_LENGTH", "must be at least 1"));
         }
+        let queue_type = env.parse(JOBS_QUEUE_TYPE_VAR, JobsQueueType::default())?;
         let max_limits = env.limits("WARMPOD_MAX_", ResolvedLimits::MAXIMUM)?;
         let default_limits = env.limits("WARMPOD_DEFAULT_", ResolvedLimits::DEFAULT)?;
         let api_keys = env
@@ -162,7 +180,7 @@ impl Config {
                 "127.0.0.1:8080".parse().expect("valid"),
             )?,
             amqp_url: Secret::new(env.string("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")),
-            topology: Topology::new(&prefix, max_len),
+            topology: Topology::new(&prefix, max_len).with_queue_type(queue_type),
             wait_timeout: Duration::from_millis(env.parse("WARMPOD_WAIT_TIMEOUT_MS", 30_000)?),
             result_ttl: Duration::from_secs(env.parse("WARMPOD_RESULT_TTL_S", 3_600)?),
             result_capacity: env.parse("WARMPOD_RESULT_CAPACITY", 100_000)?,
@@ -300,6 +318,7 @@ mod tests {
         let c = config(&[]).unwrap();
         assert_eq!(c.http_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(c.topology.jobs_queue, "warmpod.jobs");
+        assert_eq!(c.topology.jobs_queue_type, JobsQueueType::Classic);
         assert_eq!(c.max_limits, ResolvedLimits::MAXIMUM);
         assert!(!c.auth_enabled());
         assert!(c.rate_limit_per_s.is_none());
@@ -320,6 +339,17 @@ mod tests {
     }
 
     #[test]
+    fn jobs_queue_type_is_read_and_checked() {
+        let c = config(&[("WARMPOD_JOBS_QUEUE_TYPE", "quorum")]).unwrap();
+        assert_eq!(c.topology.jobs_queue_type, JobsQueueType::Quorum);
+        let err = config(&[("WARMPOD_JOBS_QUEUE_TYPE", "lazy")]).unwrap_err();
+        assert!(
+            err.to_string().contains("classic or quorum"),
+            "the message names the allowed values: {err}"
+        );
+    }
+
+    #[test]
     fn bad_values_name_the_variable() {
         for (vars, name) in [
             (vec![("WARMPOD_HTTP_ADDR", "nope")], "WARMPOD_HTTP_ADDR"),
@@ -333,6 +363,10 @@ mod tests {
                 "WARMPOD_CALLBACK_ALLOW_PRIVATE",
             ),
             (vec![("WARMPOD_LOG_FORMAT", "xml")], "WARMPOD_LOG_FORMAT"),
+            (
+                vec![("WARMPOD_JOBS_QUEUE_TYPE", "stream")],
+                "WARMPOD_JOBS_QUEUE_TYPE",
+            ),
         ] {
             let err = config(&vars).unwrap_err();
             assert_eq!(err.name, name, "{vars:?}");

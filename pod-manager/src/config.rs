@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::pool::kube::{KubeConfig, LanguagePool, ScalePolicy};
 use warmpod_protocol::queue::{
     DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, JOBS_QUEUE, JOBS_QUEUE_MAX_LENGTH,
+    JOBS_QUEUE_TYPE_VAR, JobsQueueType,
 };
 
 /// Default `AMQP_URL`.
@@ -204,6 +205,9 @@ pub struct Config {
     /// `x-max-length` of the jobs queue (`WARMPOD_QUEUE_MAX_LENGTH`); must
     /// equal the api-server's.
     pub queue_max_length: i64,
+    /// Type of the jobs queue (`WARMPOD_JOBS_QUEUE_TYPE`, `classic` or
+    /// `quorum`, default `classic`); must equal the api-server's.
+    pub jobs_queue_type: JobsQueueType,
     /// Deliveries of one job before it is answered `internal_error` and
     /// dead-lettered (`WARMPOD_MAX_ATTEMPTS`).
     pub max_attempts: u32,
@@ -286,6 +290,12 @@ impl Config {
                 "expected at least 1",
             ));
         }
+        let jobs_queue_type = match get(JOBS_QUEUE_TYPE_VAR) {
+            None => JobsQueueType::default(),
+            Some(raw) => raw
+                .parse()
+                .map_err(|_| bad(JOBS_QUEUE_TYPE_VAR, &raw, "expected classic or quorum"))?,
+        };
         let runner_path = match get("WARMPOD_RUNNER_PATH") {
             Some(p) => PathBuf::from(p),
             None => default_runner_path(),
@@ -339,6 +349,7 @@ impl Config {
             amqp_url: AmqpUrl(amqp_url),
             queues: QueueNames::with_prefix(&prefix),
             queue_max_length,
+            jobs_queue_type,
             max_attempts,
             backend,
             local,
@@ -586,6 +597,7 @@ mod tests {
         assert_eq!(c.prefetch(), DEFAULT_POOL_SIZE as u16);
         assert_eq!(c.queues.jobs, JOBS_QUEUE);
         assert_eq!(c.queue_max_length, JOBS_QUEUE_MAX_LENGTH);
+        assert_eq!(c.jobs_queue_type, JobsQueueType::Classic);
         assert_eq!(c.metrics_addr.to_string(), DEFAULT_METRICS_ADDR);
         assert_eq!(c.amqp_url.expose(), DEFAULT_AMQP_URL);
         assert!(c.local.cgroups);
@@ -635,11 +647,23 @@ mod tests {
             ("AMQP_URL", "http://x"),
             ("WARMPOD_PRESTART_LANGUAGES", "cobol"),
             ("WARMPOD_PRESTART_LANGUAGES", "python,bash"),
+            ("WARMPOD_JOBS_QUEUE_TYPE", "stream"),
         ];
         for (var, value) in cases {
             let err = config(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var, "{var}={value} should be refused");
         }
+    }
+
+    #[test]
+    fn jobs_queue_type_is_classic_or_quorum() {
+        let quorum = config(&[("WARMPOD_JOBS_QUEUE_TYPE", "quorum")]).unwrap();
+        assert_eq!(quorum.jobs_queue_type, JobsQueueType::Quorum);
+        let err = config(&[("WARMPOD_JOBS_QUEUE_TYPE", "lazy")]).unwrap_err();
+        assert!(
+            err.to_string().contains("classic or quorum"),
+            "the message names the allowed values: {err}"
+        );
     }
 
     #[test]

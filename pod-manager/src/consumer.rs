@@ -3,12 +3,17 @@
 //! only once the final event is confirmed.
 //!
 //! Per delivery ([`handle`]): parse (malformed: dead-letter), check the
-//! attempt count (too many: answer `internal_error`, dead-letter), publish
+//! failed-deliveries count (too many: answer `internal_error`, dead-letter;
+//! a `redelivered` message, whose earlier delivery died unsettled, is
+//! counted and requeued rather than run), publish
 //! `running` while claiming (its confirm is awaited in the background), run
 //! (an infrastructure failure is retried once on a fresh sandbox), publish
 //! the final event with timings (and the fast reply, when the message's
 //! `reply_to` asks for one), ack once the event is confirmed, destroy.
-//! Every failure goes through [`error_policy`].
+//! Every failure goes through [`error_policy`]. A requeue is a confirmed
+//! copy with the `warmpod-failed-deliveries` header incremented, then an
+//! ack of the original (`warmpod_protocol::queue`, "Counting failed
+//! deliveries"), so the count works on a classic queue too.
 //!
 //! Connection losses are survived: the loop reconnects with back-off while
 //! jobs already running finish and publish on the new connection; the
@@ -34,9 +39,9 @@ use uuid::Uuid;
 use warmpod_protocol::{Job, JobEvent, JobMessage, JobResult, RuntimeVersions, Status};
 
 use crate::config::Config;
-use crate::metrics::{Metrics, Phase};
+use crate::metrics::{DeliveryOutcome, Metrics, Phase};
 use crate::pool::{self, Claimed, WarmPool};
-use crate::queue::{self, Broker, Publisher, delivery_count};
+use crate::queue::{self, Broker, Publisher, failed_deliveries, requeued_properties};
 
 /// Completed job ids remembered for answering redeliveries.
 const LEDGER_CAPACITY: usize = 10_000;
@@ -52,7 +57,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub enum Decision {
     /// Done: remove it from the queue.
     Ack,
-    /// Put it back for another delivery.
+    /// Put it back for another delivery, counting this one as failed: a
+    /// confirmed copy with `warmpod-failed-deliveries` incremented, then an
+    /// ack of the original (a broker requeue when the copy cannot be
+    /// published: the `redelivered` flag then carries the count).
     Requeue,
     /// Reject without requeue: the queue dead-letters it.
     DeadLetter,
@@ -67,6 +75,10 @@ pub enum JobError {
     /// Delivered too often; answered `internal_error`.
     #[error("gave up after {0} failed deliveries")]
     GaveUp(u64),
+    /// Arrived `redelivered`: an earlier delivery ended without an ack (its
+    /// consumer died or lost the connection). Counted, not run.
+    #[error("an earlier delivery was interrupted ({0} failed so far)")]
+    Interrupted(u64),
     /// Shutting down before the job started.
     #[error("shutting down before the job started")]
     NotStarted,
@@ -82,7 +94,10 @@ pub enum JobError {
 pub fn error_policy(err: &JobError) -> Decision {
     match err {
         JobError::Malformed(_) | JobError::GaveUp(_) => Decision::DeadLetter,
-        JobError::NotStarted | JobError::Claim(_) | JobError::Publish(_) => Decision::Requeue,
+        JobError::Interrupted(_)
+        | JobError::NotStarted
+        | JobError::Claim(_)
+        | JobError::Publish(_) => Decision::Requeue,
     }
 }
 
@@ -167,7 +182,7 @@ impl<P: WarmPool> Consumer<P> {
             let broker = match Broker::connect(&self.config).await {
                 Ok(b) => b,
                 Err(e) => {
-                    if is_precondition_failed(&e) {
+                    if e.is_fatal() {
                         tracing::error!(error.cause_chain = ?e, error.message = %e,
                             "the broker refused our topology (declared elsewhere with other arguments)");
                         fatal = Some(e);
@@ -263,18 +278,6 @@ impl<P: WarmPool> Consumer<P> {
     }
 }
 
-fn is_precondition_failed(e: &queue::Error) -> bool {
-    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
-    match e {
-        queue::Error::Amqp { source, .. } => matches!(
-            source.kind(),
-            lapin::ErrorKind::ProtocolError(amqp)
-                if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED))
-        ),
-        queue::Error::Nacked(_) => false,
-    }
-}
-
 /// Handles one delivery from start to ack (or requeue / dead-letter).
 pub async fn handle<P: WarmPool>(ctx: Arc<Context<P>>, delivery: Delivery) {
     let _in_flight = ctx.metrics.in_flight();
@@ -295,6 +298,9 @@ pub async fn handle<P: WarmPool>(ctx: Arc<Context<P>>, delivery: Delivery) {
                 JobError::NotStarted => {
                     tracing::info!("requeueing a job not started before shutdown")
                 }
+                JobError::Interrupted(_) => {
+                    tracing::info!(reason = %e, "counting an interrupted delivery and requeueing the job")
+                }
                 other => {
                     tracing::error!(error.cause_chain = ?other, error.message = %other, ?decision, "job failed")
                 }
@@ -302,21 +308,65 @@ pub async fn handle<P: WarmPool>(ctx: Arc<Context<P>>, delivery: Delivery) {
             decision
         }
     };
-    let acked = match decision {
-        Decision::Ack => delivery.ack(BasicAckOptions::default()).await,
-        Decision::Requeue => {
-            delivery
+    let (settled, outcome) = match decision {
+        Decision::Ack => (
+            delivery.ack(BasicAckOptions::default()).await,
+            DeliveryOutcome::Acked,
+        ),
+        Decision::Requeue => requeue(&ctx, &delivery).await,
+        Decision::DeadLetter => (
+            delivery.reject(BasicRejectOptions { requeue: false }).await,
+            DeliveryOutcome::DeadLettered,
+        ),
+    };
+    match settled {
+        Ok(_) => ctx.metrics.delivery(outcome),
+        Err(e) => {
+            // The channel is gone; the broker redelivers (flagged
+            // `redelivered`, which counts as a failed delivery) and the
+            // ledger answers if the job finished here.
+            ctx.metrics.delivery(DeliveryOutcome::Unsettled);
+            tracing::info!(error = %e, ?decision, "could not settle the delivery; it will be redelivered");
+        }
+    }
+}
+
+/// Puts a delivery back counting it as failed: publishes a copy with
+/// `warmpod-failed-deliveries` one higher, waits for its confirm, then acks
+/// the original. When the copy cannot be published (disconnected, queue
+/// full, nacked), the original is returned to the broker instead (nack with
+/// requeue), never dropped: it comes back `redelivered`, which counts.
+async fn requeue<P: WarmPool>(
+    ctx: &Context<P>,
+    delivery: &Delivery,
+) -> (lapin::Result<bool>, DeliveryOutcome) {
+    let failed = failed_deliveries(&delivery.properties) + 1;
+    let publisher = ctx.publisher.borrow().clone();
+    let copied = match publisher {
+        Some(p) => {
+            p.requeue_job(
+                &delivery.data,
+                requeued_properties(&delivery.properties, failed),
+            )
+            .await
+        }
+        None => Err(queue::Error::Nacked("requeued job (no connection)")),
+    };
+    match copied {
+        Ok(()) => (
+            delivery.ack(BasicAckOptions::default()).await,
+            DeliveryOutcome::Requeued,
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, failed, "could not publish the requeued copy; returning the delivery to the broker");
+            let nacked = delivery
                 .nack(BasicNackOptions {
                     requeue: true,
                     ..BasicNackOptions::default()
                 })
-                .await
+                .await;
+            (nacked, DeliveryOutcome::Returned)
         }
-        Decision::DeadLetter => delivery.reject(BasicRejectOptions { requeue: false }).await,
-    };
-    if let Err(e) = acked {
-        // The channel is gone; the broker redelivers and the ledger answers.
-        tracing::info!(error = %e, ?decision, "could not settle the delivery; it will be redelivered");
     }
 }
 
@@ -324,7 +374,9 @@ async fn process<P: WarmPool>(ctx: &Context<P>, delivery: &Delivery) -> Result<(
     let msg: JobMessage =
         serde_json::from_slice(&delivery.data).map_err(|e| JobError::Malformed(e.to_string()))?;
     let id = msg.job.id;
-    let attempts = delivery_count(&delivery.properties);
+    // Earlier deliveries that failed: those counted in the header, plus the
+    // one that ended unsettled if the broker flags this one `redelivered`.
+    let attempts = failed_deliveries(&delivery.properties) + u64::from(delivery.redelivered);
     let reply_to = delivery.properties.reply_to().as_ref().map(|s| s.as_str());
     let span = tracing::Span::current();
     span.record("job_id", tracing::field::display(id));
@@ -363,6 +415,11 @@ async fn process<P: WarmPool>(ctx: &Context<P>, delivery: &Delivery) -> Result<(
         slot.finish(event, true);
         ctx.metrics.finished(Status::InternalError);
         return Err(JobError::GaveUp(attempts));
+    }
+    if delivery.redelivered {
+        // Not run now: a crash while running it would bring it back with
+        // the same header, uncounted. The requeued copy carries the count.
+        return Err(JobError::Interrupted(attempts));
     }
 
     let picked_up = now_ms();
@@ -698,6 +755,7 @@ mod tests {
         let cases = [
             (JobError::Malformed("x".into()), Decision::DeadLetter),
             (JobError::GaveUp(3), Decision::DeadLetter),
+            (JobError::Interrupted(1), Decision::Requeue),
             (JobError::NotStarted, Decision::Requeue),
             (JobError::Claim(pool::Error::Closed), Decision::Requeue),
             (

@@ -6,6 +6,9 @@
 //! - `jobs_total{status}`: finished jobs by final status;
 //! - `infra_failures_total{kind}`: sandbox failures by pool error variant;
 //! - `dead_lettered_total{reason}`: messages rejected to the dead-letter queue;
+//! - `deliveries_total{outcome}`: job deliveries by how they were settled
+//!   ([`DeliveryOutcome`]: `acked`, `requeued`, `returned`, `dead_lettered`,
+//!   `unsettled`);
 //! - `pool_ready`, `pool_claimed`, `pool_starting`: pool gauges;
 //! - `pool_warm_hits`, `pool_cold_claims`, `pool_warm_hit_ratio`;
 //! - `claims_total{kind,language}`: claims by how they were served
@@ -38,6 +41,7 @@ pub struct Metrics {
     jobs: IntCounterVec,
     infra_failures: IntCounterVec,
     dead_lettered: IntCounterVec,
+    deliveries: IntCounterVec,
     claims: IntCounterVec,
     pool_ready: IntGauge,
     pool_claimed: IntGauge,
@@ -69,6 +73,35 @@ impl Phase {
             Phase::Claim => "claim",
             Phase::Exec => "exec",
             Phase::Total => "total",
+        }
+    }
+}
+
+/// How a job delivery was settled, counted by [`Metrics::delivery`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// Done (run, or answered from the ledger): acked.
+    Acked,
+    /// Put back as a confirmed copy with the failed-deliveries header
+    /// incremented, then acked.
+    Requeued,
+    /// The copy could not be published: handed back to the broker (nack
+    /// with requeue), to come back `redelivered`.
+    Returned,
+    /// Rejected to the dead-letter queue (malformed, or given up).
+    DeadLettered,
+    /// Could not be settled (the channel is gone); the broker redelivers.
+    Unsettled,
+}
+
+impl DeliveryOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            DeliveryOutcome::Acked => "acked",
+            DeliveryOutcome::Requeued => "requeued",
+            DeliveryOutcome::Returned => "returned",
+            DeliveryOutcome::DeadLettered => "dead_lettered",
+            DeliveryOutcome::Unsettled => "unsettled",
         }
     }
 }
@@ -107,6 +140,14 @@ impl Default for Metrics {
                 &["reason"],
             )
             .expect("valid metric"),
+            deliveries: IntCounterVec::new(
+                Opts::new(
+                    name("deliveries_total"),
+                    "Job deliveries by how they were settled",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
             claims: IntCounterVec::new(
                 Opts::new(
                     name("claims_total"),
@@ -143,6 +184,7 @@ impl Metrics {
         r.register(Box::new(m.jobs.clone()))?;
         r.register(Box::new(m.infra_failures.clone()))?;
         r.register(Box::new(m.dead_lettered.clone()))?;
+        r.register(Box::new(m.deliveries.clone()))?;
         r.register(Box::new(m.claims.clone()))?;
         for g in [
             &m.pool_ready,
@@ -192,6 +234,11 @@ impl Metrics {
     pub fn claimed(&self, kind: &'static str, language: &str) {
         let language = warmpod_protocol::Language::find(language).map_or("unknown", |l| l.key);
         self.claims.with_label_values(&[kind, language]).inc();
+    }
+
+    /// Counts a settled (or unsettleable) job delivery.
+    pub fn delivery(&self, outcome: DeliveryOutcome) {
+        self.deliveries.with_label_values(&[outcome.label()]).inc();
     }
 
     /// Counts a message sent to the dead-letter queue.

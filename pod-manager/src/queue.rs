@@ -1,7 +1,9 @@
 //! RabbitMQ: the connection, the topology (declared exactly as
 //! `warmpod_protocol::queue` specifies, so the api-server's declarations
-//! match), and the confirming event [`Publisher`], which also sends the
-//! unconfirmed fast replies (`warmpod_protocol::queue`, "The fast reply").
+//! match), and the confirming [`Publisher`] of events and of requeued job
+//! copies ([`Publisher::requeue_job`], `warmpod_protocol::queue`, "Counting
+//! failed deliveries"), which also sends the unconfirmed fast replies
+//! (`warmpod_protocol::queue`, "The fast reply").
 
 use lapin::PublisherConfirm;
 use lapin::options::{
@@ -11,7 +13,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use warmpod_protocol::queue::{
-    DELIVERY_COUNT_HEADER, DIRECT_REPLY_TO, JOBS_QUEUE_DELIVERY_LIMIT, RUNTIME_VERSIONS_ROUTING_KEY,
+    DIRECT_REPLY_TO, FAILED_DELIVERIES_HEADER, JOBS_QUEUE_DELIVERY_LIMIT, JobsQueueType,
+    RUNTIME_VERSIONS_ROUTING_KEY, is_queue_type_refusal, queue_type_mismatch_hint,
 };
 use warmpod_protocol::{JobEvent, RuntimeVersions};
 
@@ -32,6 +35,47 @@ pub enum Error {
     /// The broker refused (nacked) a published message.
     #[error("the broker refused the {0} message")]
     Nacked(&'static str),
+    /// The broker returned a mandatory message no queue took.
+    #[error("no queue took the {0} message")]
+    Unroutable(&'static str),
+    /// The jobs queue exists with another `x-queue-type` than configured
+    /// (`WARMPOD_JOBS_QUEUE_TYPE`); the message says how to fix it.
+    #[error("{hint}")]
+    QueueTypeMismatch {
+        /// What to do (set the variable to match, or drain and delete).
+        hint: String,
+        /// The broker's refusal.
+        #[source]
+        source: lapin::Error,
+    },
+}
+
+impl Error {
+    /// Whether no retry can help: the broker refused a declaration
+    /// (`PRECONDITION_FAILED`: something exists with other arguments).
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            Error::QueueTypeMismatch { .. } => true,
+            Error::Amqp { source, .. } => precondition_failed(source).is_some(),
+            Error::Nacked(_) | Error::Unroutable(_) => false,
+        }
+    }
+}
+
+/// The broker's text when `e` is a `PRECONDITION_FAILED` refusal.
+fn precondition_failed(e: &lapin::Error) -> Option<String> {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp)
+            if matches!(
+                amqp.kind(),
+                AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+            ) =>
+        {
+            Some(amqp.get_message().to_string())
+        }
+        _ => None,
+    }
 }
 
 /// Result alias for broker operations.
@@ -47,7 +91,7 @@ pub struct Broker {
     pub connection: Connection,
     /// The channel deliveries arrive on, with prefetch set.
     pub consume: Channel,
-    /// Publishes events with publisher confirms.
+    /// Publishes events and requeued job copies with publisher confirms.
     pub publisher: Publisher,
 }
 
@@ -67,7 +111,13 @@ impl Broker {
             .create_channel()
             .await
             .map_err(amqp("opening the consume channel"))?;
-        declare_topology(&consume, &config.queues, config.queue_max_length).await?;
+        declare_topology(
+            &consume,
+            &config.queues,
+            config.queue_max_length,
+            config.jobs_queue_type,
+        )
+        .await?;
         consume
             .basic_qos(config.prefetch(), BasicQosOptions::default())
             .await
@@ -91,18 +141,23 @@ impl Broker {
                 channel,
                 replies,
                 exchange: config.queues.events.clone(),
+                jobs: config.queues.jobs.clone(),
             },
         })
     }
 }
 
 /// The arguments of the jobs queue, exactly as `warmpod_protocol::queue`
-/// documents them.
-pub fn jobs_queue_arguments(names: &QueueNames, max_length: i64) -> FieldTable {
+/// documents them for `queue_type`.
+pub fn jobs_queue_arguments(
+    names: &QueueNames,
+    max_length: i64,
+    queue_type: JobsQueueType,
+) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(
         ShortString::from("x-queue-type"),
-        AMQPValue::LongString("quorum".into()),
+        AMQPValue::LongString(queue_type.as_str().into()),
     );
     args.insert(
         ShortString::from("x-max-length"),
@@ -116,22 +171,26 @@ pub fn jobs_queue_arguments(names: &QueueNames, max_length: i64) -> FieldTable {
         ShortString::from("x-dead-letter-exchange"),
         AMQPValue::LongString(names.dead_letter_exchange.as_str().into()),
     );
-    args.insert(
-        ShortString::from("x-delivery-limit"),
-        AMQPValue::LongLongInt(JOBS_QUEUE_DELIVERY_LIMIT),
-    );
+    if queue_type == JobsQueueType::Quorum {
+        args.insert(
+            ShortString::from("x-delivery-limit"),
+            AMQPValue::LongLongInt(JOBS_QUEUE_DELIVERY_LIMIT),
+        );
+    }
     args
 }
 
-/// Declares (idempotently) the jobs queue, the dead-letter exchange and
-/// queue, and the events exchange.
+/// Declares (idempotently) the jobs queue (durable, of `queue_type`), the
+/// dead-letter exchange and queue, and the events exchange.
 ///
 /// # Errors
-/// A declaration was refused.
+/// A declaration was refused: [`Error::QueueTypeMismatch`] when the jobs
+/// queue exists with the other type (the channel is closed by the broker).
 pub async fn declare_topology(
     channel: &Channel,
     names: &QueueNames,
     max_length: i64,
+    queue_type: JobsQueueType,
 ) -> Result<()> {
     let durable = ExchangeDeclareOptions {
         durable: true,
@@ -168,10 +227,19 @@ pub async fn declare_topology(
         .queue_declare(
             names.jobs.as_str().into(),
             QueueDeclareOptions::durable(),
-            jobs_queue_arguments(names, max_length),
+            jobs_queue_arguments(names, max_length, queue_type),
         )
         .await
-        .map_err(amqp("declaring the jobs queue"))?;
+        .map_err(|source| match precondition_failed(&source) {
+            Some(text) if is_queue_type_refusal(&text) => Error::QueueTypeMismatch {
+                hint: queue_type_mismatch_hint(&names.jobs, queue_type),
+                source,
+            },
+            _ => Error::Amqp {
+                context: "declaring the jobs queue",
+                source,
+            },
+        })?;
     channel
         .exchange_declare(
             names.events.as_str().into(),
@@ -184,13 +252,13 @@ pub async fn declare_topology(
     Ok(())
 }
 
-/// Earlier failed deliveries of a message, from the quorum queue's
-/// `x-delivery-count` header (0 on the first delivery).
-pub fn delivery_count(properties: &BasicProperties) -> u64 {
+/// Earlier failed deliveries of a message as counted in its
+/// [`FAILED_DELIVERIES_HEADER`] (0 when absent or unreadable).
+pub fn failed_deliveries(properties: &BasicProperties) -> u64 {
     let Some(headers) = properties.headers() else {
         return 0;
     };
-    let Some(value) = headers.inner().get(DELIVERY_COUNT_HEADER) else {
+    let Some(value) = headers.inner().get(FAILED_DELIVERIES_HEADER) else {
         return 0;
     };
     let n: i64 = match value {
@@ -206,6 +274,18 @@ pub fn delivery_count(properties: &BasicProperties) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
+/// The properties of a requeued copy of a job message: the original's
+/// (`reply_to`, content type, other headers), persistent, with
+/// [`FAILED_DELIVERIES_HEADER`] set to `failed`.
+pub fn requeued_properties(original: &BasicProperties, failed: u64) -> BasicProperties {
+    let mut headers = original.headers().clone().unwrap_or_default();
+    headers.insert(
+        FAILED_DELIVERIES_HEADER.into(),
+        AMQPValue::LongLongInt(i64::try_from(failed).unwrap_or(i64::MAX)),
+    );
+    original.clone().with_headers(headers).with_delivery_mode(2)
+}
+
 /// Whether `reply_to` is a direct reply-to address (what the broker makes
 /// of [`DIRECT_REPLY_TO`]); nothing else gets a fast reply, so a job
 /// message cannot make the pod-manager publish into an ordinary queue.
@@ -216,9 +296,10 @@ pub fn is_direct_reply_address(reply_to: &str) -> bool {
         .is_some_and(|key| !key.is_empty())
 }
 
-/// Publishes on the events exchange through one confirm-mode channel and
-/// waits for the broker's confirmation of each message; fast replies go
-/// through a second channel without confirms.
+/// Publishes on the events exchange (and requeued job copies on the jobs
+/// queue) through one confirm-mode channel and waits for the broker's
+/// confirmation of each message; fast replies go through a second channel
+/// without confirms.
 #[derive(Clone)]
 pub struct Publisher {
     channel: Channel,
@@ -226,6 +307,8 @@ pub struct Publisher {
     /// nothing but the shortcut.
     replies: Channel,
     exchange: String,
+    /// The jobs queue, for [`Publisher::requeue_job`].
+    jobs: String,
 }
 
 /// An event handed to the broker whose confirm has not been awaited yet.
@@ -244,10 +327,10 @@ impl Sent {
             .confirm
             .await
             .map_err(amqp("waiting for the publish confirm"))?;
-        if confirm.is_ack() {
-            Ok(())
-        } else {
-            Err(Error::Nacked(self.what))
+        match confirm {
+            lapin::Confirmation::Ack(None) => Ok(()),
+            lapin::Confirmation::Ack(Some(_)) => Err(Error::Unroutable(self.what)),
+            _ => Err(Error::Nacked(self.what)),
         }
     }
 }
@@ -325,6 +408,37 @@ impl Publisher {
         Ok(())
     }
 
+    /// Puts a copy of a job message back on the jobs queue (default
+    /// exchange, persistent, mandatory) with `properties` (see
+    /// [`requeued_properties`]) and waits for the broker's confirm; only
+    /// then may the original delivery be acked.
+    ///
+    /// # Errors
+    /// The channel is gone, the broker nacked the copy (the queue is full:
+    /// `reject-publish`) or no queue took it.
+    pub async fn requeue_job(&self, body: &[u8], properties: BasicProperties) -> Result<()> {
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                self.jobs.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties,
+            )
+            .await
+            .map_err(amqp("requeueing a job"))?;
+        Sent {
+            confirm,
+            what: "requeued job",
+        }
+        .confirmed()
+        .await
+    }
+
     /// Publishes a runtime versions announcement and waits for its confirm.
     ///
     /// # Errors
@@ -383,20 +497,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn delivery_count_reads_any_integer_width() {
-        assert_eq!(delivery_count(&BasicProperties::default()), 0);
+    fn failed_deliveries_reads_any_integer_width() {
+        assert_eq!(failed_deliveries(&BasicProperties::default()), 0);
         for v in [
             AMQPValue::LongLongInt(2),
             AMQPValue::LongInt(2),
             AMQPValue::ShortShortUInt(2),
         ] {
             let mut h = FieldTable::default();
-            h.insert(DELIVERY_COUNT_HEADER.into(), v);
+            h.insert(FAILED_DELIVERIES_HEADER.into(), v);
             assert_eq!(
-                delivery_count(&BasicProperties::default().with_headers(h)),
+                failed_deliveries(&BasicProperties::default().with_headers(h)),
                 2
             );
         }
+    }
+
+    #[test]
+    fn a_requeued_copy_keeps_the_properties_and_counts_up() {
+        let mut h = FieldTable::default();
+        h.insert("other".into(), AMQPValue::LongString("kept".into()));
+        h.insert(FAILED_DELIVERIES_HEADER.into(), AMQPValue::LongLongInt(1));
+        let original = BasicProperties::default()
+            .with_headers(h)
+            .with_reply_to("amq.rabbitmq.reply-to.abc".into())
+            .with_content_type("application/json".into());
+        let copy = requeued_properties(&original, failed_deliveries(&original) + 1);
+        assert_eq!(failed_deliveries(&copy), 2);
+        assert_eq!(copy.delivery_mode(), &Some(2), "persistent");
+        assert_eq!(copy.reply_to(), original.reply_to());
+        assert_eq!(copy.content_type(), original.content_type());
+        assert_eq!(
+            copy.headers().as_ref().unwrap().inner().get("other"),
+            Some(&AMQPValue::LongString("kept".into()))
+        );
     }
 
     #[test]
@@ -414,26 +548,27 @@ mod tests {
     }
 
     #[test]
-    fn jobs_queue_is_a_bounded_quorum_queue_with_dead_lettering() {
+    fn jobs_queue_is_a_bounded_queue_with_dead_lettering_of_either_type() {
         let names = QueueNames::with_prefix("");
-        let args = jobs_queue_arguments(&names, 10);
-        let get = |k: &str| args.inner().get(k).cloned();
-        assert_eq!(
-            get("x-queue-type"),
-            Some(AMQPValue::LongString("quorum".into()))
-        );
-        assert_eq!(get("x-max-length"), Some(AMQPValue::LongLongInt(10)));
-        assert_eq!(
-            get("x-overflow"),
-            Some(AMQPValue::LongString("reject-publish".into()))
-        );
-        assert_eq!(
-            get("x-dead-letter-exchange"),
-            Some(AMQPValue::LongString("warmpod.dlx".into()))
-        );
-        assert_eq!(
-            get("x-delivery-limit"),
-            Some(AMQPValue::LongLongInt(JOBS_QUEUE_DELIVERY_LIMIT))
-        );
+        for queue_type in [JobsQueueType::Classic, JobsQueueType::Quorum] {
+            let args = jobs_queue_arguments(&names, 10, queue_type);
+            let get = |k: &str| args.inner().get(k).cloned();
+            assert_eq!(
+                get("x-queue-type"),
+                Some(AMQPValue::LongString(queue_type.as_str().into()))
+            );
+            assert_eq!(get("x-max-length"), Some(AMQPValue::LongLongInt(10)));
+            assert_eq!(
+                get("x-overflow"),
+                Some(AMQPValue::LongString("reject-publish".into()))
+            );
+            assert_eq!(
+                get("x-dead-letter-exchange"),
+                Some(AMQPValue::LongString("warmpod.dlx".into()))
+            );
+            let limit = (queue_type == JobsQueueType::Quorum)
+                .then_some(AMQPValue::LongLongInt(JOBS_QUEUE_DELIVERY_LIMIT));
+            assert_eq!(get("x-delivery-limit"), limit, "{queue_type}");
+        }
     }
 }

@@ -4,13 +4,27 @@
 //! Every service declares what it uses, idempotently, with exactly these
 //! arguments (a declaration with other arguments fails with
 //! `PRECONDITION_FAILED`, which the services report and exit on):
-//! - [`JOBS_QUEUE`]: durable, `x-queue-type=quorum`,
+//! - [`JOBS_QUEUE`]: durable, `x-queue-type=<`[`JobsQueueType`]`, from
+//!   `WARMPOD_JOBS_QUEUE_TYPE`, default `classic`>`,
 //!   `x-max-length=<WARMPOD_QUEUE_MAX_LENGTH, default [`JOBS_QUEUE_MAX_LENGTH`]>`,
 //!   `x-overflow=reject-publish` (a full queue nacks the publish: the API
-//!   answers 429), `x-dead-letter-exchange=`[`DEAD_LETTER_EXCHANGE`],
-//!   `x-delivery-limit=`[`JOBS_QUEUE_DELIVERY_LIMIT`] (the broker's backstop;
-//!   the pod-manager gives up earlier, after its own attempts limit, reading
-//!   the quorum queue's `x-delivery-count` header).
+//!   answers 429), `x-dead-letter-exchange=`[`DEAD_LETTER_EXCHANGE`]; a
+//!   quorum queue also gets `x-delivery-limit=`[`JOBS_QUEUE_DELIVERY_LIMIT`]
+//!   (a broker-side backstop only). Job messages are persistent and
+//!   published with confirms whatever the type, so a classic queue loses
+//!   nothing on a broker restart either.
+//!
+//! # Counting failed deliveries (either queue type)
+//!
+//! A classic queue keeps no delivery count, so the pod-manager counts
+//! itself, in the [`FAILED_DELIVERIES_HEADER`] message header: a job it
+//! puts back (the delivery failed, or the message arrived `redelivered`
+//! because an earlier consumer died or lost its connection holding it) is
+//! republished to the jobs queue as a copy with the header incremented,
+//! confirmed, and only then is the original acked. A message whose count
+//! reaches the pod-manager's attempts limit is answered `internal_error`
+//! and dead-lettered. The quorum queue's own `x-delivery-count` is not
+//! read (each copy is a new message to the broker).
 //! - [`DEAD_LETTER_EXCHANGE`]: durable fanout; [`DEAD_LETTER_QUEUE`]:
 //!   durable classic queue bound to it, no arguments.
 //! - [`EVENTS_EXCHANGE`]: durable topic exchange.
@@ -55,13 +69,91 @@ pub const CALLBACKS_QUEUE: &str = "warmpod.callbacks";
 pub const FINAL_EVENTS_BINDING: &str = "job.final.*";
 /// Binding that receives every event.
 pub const ALL_EVENTS_BINDING: &str = "job.#";
-/// Header a quorum queue sets on redelivered messages: how many earlier
-/// deliveries failed (consumer crash, nack with requeue, lost connection).
-pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+/// Header of a job message counting its earlier failed deliveries (absent:
+/// none), kept by the pod-manager; see the module docs, "Counting failed
+/// deliveries".
+pub const FAILED_DELIVERIES_HEADER: &str = "warmpod-failed-deliveries";
+/// The variable choosing the jobs queue's type; every service that declares
+/// the topology must read the same value.
+pub const JOBS_QUEUE_TYPE_VAR: &str = "WARMPOD_JOBS_QUEUE_TYPE";
 /// Default `x-max-length` of [`JOBS_QUEUE`].
 pub const JOBS_QUEUE_MAX_LENGTH: i64 = 10_000;
-/// `x-delivery-limit` of [`JOBS_QUEUE`].
+/// `x-delivery-limit` of [`JOBS_QUEUE`] when it is a quorum queue.
 pub const JOBS_QUEUE_DELIVERY_LIMIT: i64 = 10;
+
+/// The RabbitMQ queue type of [`JOBS_QUEUE`] (`x-queue-type`).
+///
+/// `Classic` (the default) delivers in about a third of a quorum queue's
+/// time on one broker (docs/benchmarks.md) and, durable with persistent
+/// messages, survives a broker restart; `Quorum` replicates across a
+/// cluster's nodes. The type of an existing queue cannot change: switching
+/// means draining and deleting it (docs/operations.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum JobsQueueType {
+    /// A durable classic queue.
+    #[default]
+    Classic,
+    /// A quorum queue.
+    Quorum,
+}
+
+/// A [`JobsQueueType`] name that is neither `classic` nor `quorum`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected classic or quorum")]
+pub struct UnknownQueueType;
+
+impl JobsQueueType {
+    /// The allowed values, as written in `WARMPOD_JOBS_QUEUE_TYPE`.
+    pub const ALLOWED: &'static str = "classic or quorum";
+
+    /// The `x-queue-type` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobsQueueType::Classic => "classic",
+            JobsQueueType::Quorum => "quorum",
+        }
+    }
+}
+
+impl std::fmt::Display for JobsQueueType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for JobsQueueType {
+    type Err = UnknownQueueType;
+
+    /// `classic` or `quorum`, any case, surrounding blanks ignored.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "classic" => Ok(JobsQueueType::Classic),
+            "quorum" => Ok(JobsQueueType::Quorum),
+            _ => Err(UnknownQueueType),
+        }
+    }
+}
+
+/// The remedy for a jobs queue that exists with another type than the one
+/// configured (the broker's `PRECONDITION_FAILED - inequivalent arg
+/// 'x-queue-type'`), for the services' start-up error.
+pub fn queue_type_mismatch_hint(queue: &str, configured: JobsQueueType) -> String {
+    let other = match configured {
+        JobsQueueType::Classic => JobsQueueType::Quorum,
+        JobsQueueType::Quorum => JobsQueueType::Classic,
+    };
+    format!(
+        "the jobs queue {queue:?} already exists with another x-queue-type than \
+         {JOBS_QUEUE_TYPE_VAR}={configured}: set {JOBS_QUEUE_TYPE_VAR}={other} (on every \
+         api-server and pod-manager) to keep it, or stop the api-servers, let the pod-managers \
+         drain it, delete it and restart (docs/operations.md, \"Jobs queue type\")"
+    )
+}
+
+/// Whether a broker refusal text is about the `x-queue-type` argument.
+pub fn is_queue_type_refusal(message: &str) -> bool {
+    message.contains("x-queue-type")
+}
 /// The `reply_to` of a job message whose submitter waits for the result:
 /// RabbitMQ's direct reply-to pseudo-queue, consumed (no-ack) on the
 /// channel that publishes the job. See the module docs, "The fast reply".
@@ -124,5 +216,20 @@ mod tests {
         assert_eq!(e.routing_key(), "job.running");
         e.status = Status::TimeLimitExceeded;
         assert_eq!(e.routing_key(), "job.final.time_limit_exceeded");
+    }
+
+    #[test]
+    fn queue_types_parse_and_print() {
+        for (raw, want) in [
+            ("classic", Ok(JobsQueueType::Classic)),
+            (" Quorum ", Ok(JobsQueueType::Quorum)),
+            ("stream", Err(UnknownQueueType)),
+            ("", Err(UnknownQueueType)),
+        ] {
+            assert_eq!(raw.parse::<JobsQueueType>(), want, "{raw:?}");
+        }
+        assert_eq!(JobsQueueType::default().as_str(), "classic");
+        let hint = queue_type_mismatch_hint("warmpod.jobs", JobsQueueType::Classic);
+        assert!(hint.contains("WARMPOD_JOBS_QUEUE_TYPE=quorum"), "{hint}");
     }
 }

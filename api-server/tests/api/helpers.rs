@@ -355,7 +355,8 @@ impl Drop for TestApp {
     }
 }
 
-async fn delete_topology(prefix: &str) {
+/// Deletes the queues and exchanges of `prefix`.
+pub async fn delete_topology(prefix: &str) {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
     let Ok(conn) =
         lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await

@@ -8,6 +8,7 @@ mod compat;
 mod health;
 mod helpers;
 mod judge0;
+mod queue_type;
 mod replies;
 mod stream;
 mod v1;

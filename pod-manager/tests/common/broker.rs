@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use lapin::options::{
-    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    ConfirmSelectOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -17,6 +18,7 @@ use pod_manager::config::QueueNames;
 use pod_manager::consumer::now_ms;
 use tokio::sync::watch;
 use uuid::Uuid;
+use warmpod_protocol::queue::JobsQueueType;
 use warmpod_protocol::{Job, JobEvent, JobMessage, JobMeta, Status};
 
 /// The broker the tests use.
@@ -40,9 +42,14 @@ pub struct TestBroker {
 }
 
 impl TestBroker {
-    /// Connects, declares the topology with `prefix` and starts collecting
-    /// every event.
+    /// Connects, declares the topology with `prefix` (a classic jobs queue,
+    /// the default) and starts collecting every event.
     pub async fn new(prefix: &str) -> Self {
+        Self::with_type(prefix, JobsQueueType::default()).await
+    }
+
+    /// As [`TestBroker::new`], with a jobs queue of `queue_type`.
+    pub async fn with_type(prefix: &str, queue_type: JobsQueueType) -> Self {
         let names = QueueNames::with_prefix(prefix);
         let connection =
             match Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
@@ -59,6 +66,7 @@ impl TestBroker {
             &channel,
             &names,
             warmpod_protocol::queue::JOBS_QUEUE_MAX_LENGTH,
+            queue_type,
         )
         .await
         .unwrap();
@@ -206,6 +214,11 @@ impl TestBroker {
         assert!(confirm.is_ack(), "the broker refused the job");
     }
 
+    /// A watch of every event seen so far, to wait on.
+    pub fn clone_events(&self) -> watch::Receiver<Vec<JobEvent>> {
+        self.events_rx.clone()
+    }
+
     /// Every event seen so far.
     pub fn events(&self) -> Vec<JobEvent> {
         self.events_rx.borrow().clone()
@@ -275,6 +288,60 @@ impl TestBroker {
         }
     }
 
+    /// Looks at the first message waiting in the jobs queue without taking
+    /// it (got, then returned with a requeue): its failed-deliveries header
+    /// (`None` when absent) and whether the broker flags it `redelivered`.
+    pub async fn peek_job(&self) -> Option<(Option<i64>, bool)> {
+        let ch = self.connection.create_channel().await.unwrap();
+        let got = ch
+            .basic_get(
+                self.names.jobs.as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await
+            .unwrap()?;
+        let header = got
+            .delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| {
+                h.inner()
+                    .get(warmpod_protocol::queue::FAILED_DELIVERIES_HEADER)
+                    .cloned()
+            })
+            .map(|v| match v {
+                AMQPValue::LongLongInt(n) => n,
+                other => panic!("the header is a long long int, not {other:?}"),
+            });
+        let redelivered = got.delivery.redelivered;
+        got.delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await
+            .unwrap();
+        let _ = ch.close(200, "".into()).await;
+        Some((header, redelivered))
+    }
+
+    /// Takes the first job message and closes the channel without settling
+    /// it, as a consumer that dies holding a delivery: the broker puts it
+    /// back flagged `redelivered`.
+    pub async fn take_and_abandon_job(&self) {
+        let ch = self.connection.create_channel().await.unwrap();
+        let got = ch
+            .basic_get(
+                self.names.jobs.as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await
+            .unwrap();
+        assert!(got.is_some(), "a job to take");
+        ch.close(200, "".into()).await.unwrap();
+    }
+
     /// Messages waiting in the jobs queue.
     pub async fn jobs_waiting(&self) -> u32 {
         let ch = self.connection.create_channel().await.unwrap();
@@ -308,6 +375,55 @@ impl TestBroker {
         }
         let _ = self.connection.close(200, "".into()).await;
     }
+}
+
+/// The type of the jobs queue as the broker has it, once it exists:
+/// the declaration (with this suite's arguments) the broker accepts as
+/// equivalent.
+pub async fn jobs_queue_type(names: &QueueNames, within: Duration) -> JobsQueueType {
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + within;
+    loop {
+        let ch = connection.create_channel().await.unwrap();
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        if ch
+            .queue_declare(names.jobs.as_str().into(), passive, FieldTable::default())
+            .await
+            .is_ok()
+        {
+            let _ = ch.close(200, "".into()).await;
+            break;
+        }
+        assert!(Instant::now() < deadline, "no jobs queue within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut found = Vec::new();
+    for queue_type in [JobsQueueType::Classic, JobsQueueType::Quorum] {
+        let ch = connection.create_channel().await.unwrap();
+        let declared = ch
+            .queue_declare(
+                names.jobs.as_str().into(),
+                QueueDeclareOptions::durable(),
+                pod_manager::queue::jobs_queue_arguments(
+                    names,
+                    warmpod_protocol::queue::JOBS_QUEUE_MAX_LENGTH,
+                    queue_type,
+                ),
+            )
+            .await;
+        if declared.is_ok() {
+            found.push(queue_type);
+            let _ = ch.close(200, "".into()).await;
+        }
+    }
+    assert_eq!(found.len(), 1, "exactly one type is equivalent: {found:?}");
+    let _ = connection.close(200, "".into()).await;
+    found[0]
 }
 
 /// Fast replies to one publishing channel (see
@@ -344,11 +460,11 @@ fn ensure_rabbitmq() {
     assert!(status.success(), "scripts/ensure-rabbitmq.sh failed");
 }
 
-/// A header table with the quorum queue's delivery count preset.
-pub fn delivery_count_header(n: i64) -> FieldTable {
+/// A header table with the failed-deliveries count preset.
+pub fn failed_deliveries_header(n: i64) -> FieldTable {
     let mut h = FieldTable::default();
     h.insert(
-        warmpod_protocol::queue::DELIVERY_COUNT_HEADER.into(),
+        warmpod_protocol::queue::FAILED_DELIVERIES_HEADER.into(),
         AMQPValue::LongLongInt(n),
     );
     h

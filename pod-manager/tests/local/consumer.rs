@@ -8,7 +8,7 @@ use pod_manager::Application;
 use tokio_util::sync::CancellationToken;
 use warmpod_protocol::Status;
 
-use crate::helpers::{TestBroker, delivery_count_header, job, test_config, unique_prefix};
+use crate::helpers::{TestBroker, failed_deliveries_header, job, test_config, unique_prefix};
 use crate::metrics::metrics_text;
 
 const WITHIN: Duration = Duration::from_secs(90);
@@ -101,6 +101,7 @@ async fn n_jobs_give_n_correct_results_once_each() {
         "warmpod_pod_manager_phase_seconds_count{phase=\"total\"} 10",
         "warmpod_pod_manager_pool_warm_hit_ratio",
         "warmpod_pod_manager_broker_connected 1",
+        "warmpod_pod_manager_deliveries_total{outcome=\"acked\"} 10",
     ];
     let deadline = std::time::Instant::now() + WITHIN;
     loop {
@@ -154,7 +155,9 @@ async fn a_job_asking_for_a_fast_reply_gets_it_besides_the_final_event() {
 async fn a_job_delivered_too_often_is_answered_and_dead_lettered() {
     let app = start(&[("WARMPOD_POOL_SIZE", "1"), ("WARMPOD_MAX_ATTEMPTS", "3")]).await;
     let j = job("python", "print('never runs')");
-    app.broker.publish_with(&j, delivery_count_header(3)).await;
+    app.broker
+        .publish_with(&j, failed_deliveries_header(3))
+        .await;
     let fin = app.broker.wait_event(j.id, None, WITHIN).await;
     assert_eq!(fin.status, Status::InternalError);
     let r = fin.result.unwrap();

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 use warmpod_protocol::{Job, Limits, SourceFile};
 
-pub use crate::broker::{TestBroker, amqp_url, delivery_count_header, unique_prefix};
+pub use crate::broker::{TestBroker, amqp_url, failed_deliveries_header, unique_prefix};
 
 /// Logs to the test output when `TEST_LOG` is set.
 pub fn init_logs() {

@@ -9,5 +9,6 @@ mod helpers;
 #[path = "../common/metrics.rs"]
 mod metrics;
 mod pool;
+mod queue_type;
 mod resilience;
 mod sandbox;
