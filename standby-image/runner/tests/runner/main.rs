@@ -8,4 +8,5 @@ mod languages;
 mod limits;
 mod prestart;
 mod processes;
+mod ready;
 mod serve;
