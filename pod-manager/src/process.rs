@@ -29,6 +29,12 @@ pub struct Process {
     pidfd: Option<AsyncFd<OwnedFd>>,
     /// Set once reaped.
     status: Option<ExitStatus>,
+    /// Whether this handle is a background reaper's (made by `Drop`): if
+    /// that task is dropped unfinished (the runtime shutting down), this
+    /// handle's own `Drop` reaps on a thread instead of spawning yet
+    /// another task, which a shut-down runtime would drop at once, and so
+    /// on without end.
+    in_reaper: bool,
 }
 
 /// A started process with its stdio pipes.
@@ -68,6 +74,7 @@ pub fn start(
         pid: spawned.pid,
         pidfd: None,
         status: None,
+        in_reaper: false,
     };
     process.pidfd = Some(spawn::async_pidfd(spawned.pidfd)?);
     Ok(Started {
@@ -138,9 +145,10 @@ impl Drop for Process {
             pid: self.pid,
             pidfd: self.pidfd.take(),
             status: None,
+            in_reaper: true,
         };
         let handle = tokio::runtime::Handle::try_current();
-        if let (Ok(handle), true) = (handle, orphan.pidfd.is_some()) {
+        if let (Ok(handle), true, false) = (handle, orphan.pidfd.is_some(), self.in_reaper) {
             handle.spawn(async move {
                 let _ = orphan.wait().await;
                 orphan.done();
@@ -317,6 +325,30 @@ mod tests {
         );
         cgroup.remove();
         manager.remove();
+    }
+
+    #[test]
+    fn a_reaper_cut_short_by_runtime_shutdown_still_reaps_on_a_thread() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let pid = runtime.block_on(async {
+            let p = start_plain(&["/bin/sleep", "1000"]).unwrap();
+            let pid = p.process.id().unwrap();
+            // Killed, its reaper task spawned but not yet run.
+            drop(p);
+            pid
+        });
+        // Shutting down drops the reaper task unfinished: its handle must
+        // fall back to a thread, not spawn another task (which recursed
+        // until the stack overflowed).
+        drop(runtime);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(Instant::now() < deadline, "{pid} was not reaped");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[tokio::test]
