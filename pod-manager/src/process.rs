@@ -29,6 +29,12 @@ pub struct Process {
     pidfd: Option<AsyncFd<OwnedFd>>,
     /// Set once reaped.
     status: Option<ExitStatus>,
+    /// Whether this handle is a background reaper's (made by `Drop`): if
+    /// that task is dropped unfinished (the runtime shutting down), this
+    /// handle's own `Drop` reaps on a thread instead of spawning yet
+    /// another task, which a shut-down runtime would drop at once, and so
+    /// on without end.
+    in_reaper: bool,
 }
 
 /// A started process with its stdio pipes.
@@ -42,12 +48,16 @@ pub struct Started {
     pub stdout: pipe::Receiver,
     /// Its stderr.
     pub stderr: pipe::Receiver,
+    /// The read end of its readiness pipe, when started with one: the
+    /// process got the write end as descriptor [`spawn::READY_FD`].
+    pub ready: Option<pipe::Receiver>,
 }
 
 /// Starts `program` with `argv` (`argv[0]` included) and an empty
 /// environment in `/`, after joining the cgroups of `cgroup_procs` and
-/// taking `identity` (see [`crate::spawn`]). Must be called inside a
-/// tokio runtime.
+/// taking `identity` (see [`crate::spawn`]); with `ready_pipe`, it also
+/// gets the write end of a pipe as descriptor [`spawn::READY_FD`]
+/// ([`Started::ready`] reads it). Must be called inside a tokio runtime.
 ///
 /// # Errors
 /// The process could not be started; the message names the failing step.
@@ -56,24 +66,31 @@ pub fn start(
     argv: &[CString],
     cgroup_procs: &[File],
     identity: Option<Identity>,
+    ready_pipe: bool,
 ) -> io::Result<Started> {
     let spawned = spawn::spawn(&spawn::Command {
         program,
         argv,
         cgroup_procs,
         identity,
+        ready_pipe,
     })?;
     // From here a failure drops `process`, which kills and reaps it.
     let mut process = Process {
         pid: spawned.pid,
         pidfd: None,
         status: None,
+        in_reaper: false,
     };
     process.pidfd = Some(spawn::async_pidfd(spawned.pidfd)?);
     Ok(Started {
         stdin: pipe::Sender::from_owned_fd(spawned.stdin)?,
         stdout: pipe::Receiver::from_owned_fd(spawned.stdout)?,
         stderr: pipe::Receiver::from_owned_fd(spawned.stderr)?,
+        ready: spawned
+            .ready
+            .map(pipe::Receiver::from_owned_fd)
+            .transpose()?,
         process,
     })
 }
@@ -138,9 +155,10 @@ impl Drop for Process {
             pid: self.pid,
             pidfd: self.pidfd.take(),
             status: None,
+            in_reaper: true,
         };
         let handle = tokio::runtime::Handle::try_current();
-        if let (Ok(handle), true) = (handle, orphan.pidfd.is_some()) {
+        if let (Ok(handle), true, false) = (handle, orphan.pidfd.is_some(), self.in_reaper) {
             handle.spawn(async move {
                 let _ = orphan.wait().await;
                 orphan.done();
@@ -189,7 +207,7 @@ mod tests {
 
     fn start_plain(args: &[&str]) -> io::Result<Started> {
         let program = CString::new(args[0]).unwrap();
-        start(&program, &argv(args), &[], None)
+        start(&program, &argv(args), &[], None, false)
     }
 
     async fn read_all(mut pipe: pipe::Receiver) -> String {
@@ -249,6 +267,51 @@ mod tests {
         assert_eq!(ignored(&status), ignored(&ours) & !sigpipe, "{status}");
     }
 
+    /// What the shell started sees at descriptor 3: `none`, or its link.
+    const SHOW_FD_3: &str =
+        "if [ -e /proc/$$/fd/3 ]; then /usr/bin/readlink /proc/$$/fd/3; else echo none; fi";
+
+    #[tokio::test]
+    async fn the_ready_pipe_is_descriptor_3_only_when_asked() {
+        let p = start_plain(&["/bin/sh", "-c", SHOW_FD_3]).unwrap();
+        assert!(p.ready.is_none());
+        assert_eq!(read_all(p.stdout).await, "none\n");
+
+        let program = CString::new("/bin/sh").unwrap();
+        let args = argv(&["sh", "-c", SHOW_FD_3]);
+        let p = start(&program, &args, &[], None, true).unwrap();
+        let ready = p.ready.expect("a ready pipe");
+        let ours = nix::sys::stat::fstat(&ready).unwrap().st_ino;
+        assert_eq!(read_all(p.stdout).await, format!("pipe:[{ours}]\n"));
+    }
+
+    #[tokio::test]
+    async fn the_ready_byte_arrives_before_the_job_and_eof_after_close() {
+        let program = CString::new("/bin/sh").unwrap();
+        let script = "printf R >&3; exec 3>&-; read l; echo \"got:$l\"";
+        let mut p = start(&program, &argv(&["sh", "-c", script]), &[], None, true).unwrap();
+        let mut ready = p.ready.take().expect("a ready pipe");
+        let mut byte = [0u8; 2];
+        assert_eq!(ready.read(&mut byte).await.unwrap(), 1);
+        assert_eq!(byte[0], b'R');
+        // Closed by the program, which still runs (blocked on stdin).
+        assert_eq!(ready.read(&mut byte).await.unwrap(), 0);
+        assert_eq!(p.process.try_wait().unwrap(), None);
+        p.stdin.write_all(b"job\n").await.unwrap();
+        assert_eq!(read_all(p.stdout).await, "got:job\n");
+        assert_eq!(p.process.wait().await.unwrap().code(), Some(0));
+    }
+
+    #[tokio::test]
+    async fn a_process_dying_before_ready_gives_eof_not_a_hang() {
+        let program = CString::new("/bin/sh").unwrap();
+        let mut p = start(&program, &argv(&["sh", "-c", "exit 7"]), &[], None, true).unwrap();
+        let mut ready = p.ready.take().expect("a ready pipe");
+        let mut byte = [0u8; 1];
+        assert_eq!(ready.read(&mut byte).await.unwrap(), 0, "EOF, no byte");
+        assert_eq!(p.process.wait().await.unwrap().code(), Some(7));
+    }
+
     #[tokio::test]
     async fn a_missing_program_is_reported_not_hung() {
         let err = start_plain(&["/nonexistent/program"]).unwrap_err();
@@ -266,7 +329,14 @@ mod tests {
         // Writes to /dev/full fail (ENOSPC), as a cgroup.procs write can.
         let full = OpenOptions::new().write(true).open("/dev/full").unwrap();
         let script = format!("touch {}", marker.display());
-        let err = start(c"/bin/sh", &argv(&["sh", "-c", &script]), &[full], None).unwrap_err();
+        let err = start(
+            c"/bin/sh",
+            &argv(&["sh", "-c", &script]),
+            &[full],
+            None,
+            false,
+        )
+        .unwrap_err();
         assert!(
             err.to_string().starts_with("joining the sandbox cgroup"),
             "{err}"
@@ -289,7 +359,7 @@ mod tests {
             gid: 64_322,
         };
         let args = argv(&["cat", "/proc/self/cgroup", "/proc/self/status"]);
-        let p = start(c"/bin/cat", &args, &procs, Some(identity)).unwrap();
+        let p = start(c"/bin/cat", &args, &procs, Some(identity), false).unwrap();
         let out = read_all(p.stdout).await;
         // v1: "/sys/fs/cgroup/memory/a/b" appears as "…:memory:/a/b".
         let v1 = !std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
@@ -309,7 +379,7 @@ mod tests {
         let owner_only = std::os::unix::fs::PermissionsExt::from_mode(0o700);
         std::fs::set_permissions(&root_only, owner_only).unwrap();
         let program = CString::new(root_only.to_str().unwrap()).unwrap();
-        let err = start(&program, &argv(&["true"]), &procs, Some(identity)).unwrap_err();
+        let err = start(&program, &argv(&["true"]), &procs, Some(identity), false).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
         assert!(
             err.to_string().starts_with("executing the program"),
@@ -317,6 +387,30 @@ mod tests {
         );
         cgroup.remove();
         manager.remove();
+    }
+
+    #[test]
+    fn a_reaper_cut_short_by_runtime_shutdown_still_reaps_on_a_thread() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let pid = runtime.block_on(async {
+            let p = start_plain(&["/bin/sleep", "1000"]).unwrap();
+            let pid = p.process.id().unwrap();
+            // Killed, its reaper task spawned but not yet run.
+            drop(p);
+            pid
+        });
+        // Shutting down drops the reaper task unfinished: its handle must
+        // fall back to a thread, not spawn another task (which recursed
+        // until the stack overflowed).
+        drop(runtime);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(Instant::now() < deadline, "{pid} was not reaped");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[tokio::test]

@@ -14,7 +14,8 @@
 //! sandbox's cgroups before it can run anything), drops supplementary
 //! groups and switches to the sandbox's gid and uid (raw system calls: the
 //! C library's wrappers would try to change the credentials of the
-//! pod-manager's threads too), connects its stdio to pipes, goes to `/`,
+//! pod-manager's threads too), connects its stdio to pipes (and, if asked,
+//! the write end of a readiness pipe as descriptor [`READY_FD`]), goes to `/`,
 //! resets caught signals to their default, unblocks signals and calls
 //! `execve` with an empty environment. There is no moment where the
 //! sandbox runs outside its cgroup or as root. The child allocates nothing
@@ -36,6 +37,12 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::wait::waitpid;
 use nix::unistd::{Pid, pipe2};
 
+/// The descriptor number under which the child gets the write end of its
+/// readiness pipe ([`Command::ready_pipe`]); every other descriptor of the
+/// pod-manager is close-on-exec, so this one is the child's only one above
+/// its stdio.
+pub const READY_FD: RawFd = 3;
+
 /// The identity a sandbox process takes before exec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Identity {
@@ -56,6 +63,9 @@ pub struct Command<'a> {
     pub cgroup_procs: &'a [File],
     /// The identity to take (`None`: keep ours).
     pub identity: Option<Identity>,
+    /// Whether to give the child a pipe's write end as [`READY_FD`] (the
+    /// read end comes back in [`Spawned::ready`]).
+    pub ready_pipe: bool,
 }
 
 /// A started child: its pid, a pidfd and the parent's ends of its stdio
@@ -72,6 +82,10 @@ pub struct Spawned {
     pub stdout: OwnedFd,
     /// Read end of the child's stderr.
     pub stderr: OwnedFd,
+    /// Read end of the readiness pipe, with [`Command::ready_pipe`]: EOF
+    /// once every holder of the write end (the child and what it passed
+    /// it on to) closed it or exited.
+    pub ready: Option<OwnedFd>,
 }
 
 /// The child's steps, in order; the failing one is reported.
@@ -83,17 +97,19 @@ enum Step {
     SetGid,
     SetUid,
     Stdio,
+    ReadyFd,
     Chdir,
     Exec,
 }
 
 impl Step {
-    const ALL: [Step; 7] = [
+    const ALL: [Step; 8] = [
         Step::JoinCgroup,
         Step::SetGroups,
         Step::SetGid,
         Step::SetUid,
         Step::Stdio,
+        Step::ReadyFd,
         Step::Chdir,
         Step::Exec,
     ];
@@ -105,6 +121,7 @@ impl Step {
             Step::SetGid => "switching to the sandbox gid",
             Step::SetUid => "switching to the sandbox uid",
             Step::Stdio => "connecting stdio",
+            Step::ReadyFd => "passing the readiness pipe",
             Step::Chdir => "changing to /",
             Step::Exec => "executing the program",
         }
@@ -121,6 +138,8 @@ struct ChildArgs {
     identity: Option<Identity>,
     /// The child's ends of stdin, stdout, stderr (all >= 3).
     stdio: [RawFd; 3],
+    /// The write end of the readiness pipe (>= 3), or -1 for none.
+    ready: RawFd,
     /// `step << 16 | errno` of the step that failed; 0 while none did.
     failure: AtomicI32,
 }
@@ -149,6 +168,12 @@ pub fn spawn(cmd: &Command<'_>) -> io::Result<Spawned> {
         above_stdio(stdout_w)?,
         above_stdio(stderr_w)?,
     ];
+    let (ready_r, ready_w) = if cmd.ready_pipe {
+        let (r, w) = pipe()?;
+        (Some(r), Some(above_stdio(w)?))
+    } else {
+        (None, None)
+    };
     let mut argv: Vec<*const libc::c_char> = cmd.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(ptr::null());
     let envp: [*const libc::c_char; 1] = [ptr::null()];
@@ -165,6 +190,7 @@ pub fn spawn(cmd: &Command<'_>) -> io::Result<Spawned> {
             child_ends[1].as_raw_fd(),
             child_ends[2].as_raw_fd(),
         ],
+        ready: ready_w.as_ref().map_or(-1, AsRawFd::as_raw_fd),
         failure: AtomicI32::new(0),
     };
     let (pid, pidfd) = STACK.with(|cell| {
@@ -175,6 +201,7 @@ pub fn spawn(cmd: &Command<'_>) -> io::Result<Spawned> {
         clone_vfork(&args, stack.as_ref().expect("set above"))
     })?;
     drop(child_ends);
+    drop(ready_w);
     let failure = args.failure.load(Ordering::SeqCst);
     if failure != 0 {
         // The child exited right after recording the failure: reap it.
@@ -187,6 +214,7 @@ pub fn spawn(cmd: &Command<'_>) -> io::Result<Spawned> {
         stdin: stdin_w,
         stdout: stdout_r,
         stderr: stderr_r,
+        ready: ready_r,
     })
 }
 
@@ -378,6 +406,16 @@ unsafe fn child_steps(args: &ChildArgs) -> Step {
             if libc::dup2(fd, target) < 0 {
                 return Step::Stdio;
             }
+        }
+        // After stdio: its ends may sit at READY_FD, and ours is >= 3, so
+        // the dup2s onto 0..2 above left it alone.
+        if args.ready == READY_FD {
+            // dup2 onto itself would keep close-on-exec set.
+            if libc::fcntl(READY_FD, libc::F_SETFD, 0) != 0 {
+                return Step::ReadyFd;
+            }
+        } else if args.ready >= 0 && libc::dup2(args.ready, READY_FD) < 0 {
+            return Step::ReadyFd;
         }
         if libc::chdir(c"/".as_ptr()) != 0 {
             return Step::Chdir;

@@ -14,8 +14,14 @@
 //! it; nothing of one job survives into the next.
 //!
 //! A background refill task keeps `pool_size` sandboxes ready; a sandbox
-//! counts as ready once its runner process is started and asleep (blocked
-//! reading the job), so a claim never waits for bubblewrap's set-up.
+//! counts as ready once its runner said so: bwrap gets the write end of a
+//! pipe as descriptor 3 (passed through into the sandbox), the runner
+//! (`--ready-fd 3`) writes one byte on it and closes it right before it
+//! blocks reading its job, after any pre-start. So a claim never waits for
+//! bubblewrap's set-up or an interpreter's start, and the pod-manager
+//! waits for an event, not by polling `/proc`. EOF without the byte (the
+//! sandbox died first), or no byte within the start timeout, is a failed
+//! start. The runner must know `--ready-fd`: deploy both together.
 //!
 //! Sandboxes may be specialised: their runner started with `--prestart
 //! <language>` holds that language's interpreter already started (see the
@@ -47,7 +53,7 @@ use super::{Claimed, Error, PoolStats, Result, WarmPool};
 use crate::cgroup::{self, CgroupManager, SandboxCgroup};
 use crate::config::LocalConfig;
 use crate::process::{self, Process};
-use crate::spawn::Identity;
+use crate::spawn::{Identity, READY_FD};
 
 /// Where the runner appears inside a sandbox.
 pub const RUNNER_IN_SANDBOX: &str = "/opt/warmpod/warmpod-runner";
@@ -57,6 +63,10 @@ pub const SANDBOX_HOSTNAME: &str = "warmpod";
 const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// How long a sandbox may take to become ready before it is given up.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a sandbox that closed its readiness pipe without the byte may
+/// take to finish exiting (for its exit status and last stderr in the
+/// report) before it is killed.
+const EXIT_REPORT_GRACE: Duration = Duration::from_secs(2);
 /// How long `warmpod-runner --versions` may take (it starts every runtime).
 const VERSIONS_TIMEOUT: Duration = Duration::from_secs(60);
 /// The runner's stderr kept for diagnostics.
@@ -93,6 +103,9 @@ pub struct LocalSandbox {
     stdin: Option<pipe::Sender>,
     stdout: BufReader<pipe::Receiver>,
     stderr_tail: Arc<Mutex<Vec<u8>>>,
+    /// The task filling `stderr_tail`; it ends at EOF (every process of
+    /// the sandbox gone).
+    stderr_task: Option<tokio::task::JoinHandle<()>>,
     cgroup: Option<SandboxCgroup>,
     /// The language whose interpreter its runner pre-started, if any.
     prestart: Option<&'static str>,
@@ -155,6 +168,9 @@ struct Inner {
     ready_changed: Notify,
     /// Wakes the refill task: a sandbox was claimed or a slot freed.
     refill: Notify,
+    /// Woken (all waiters) when the pool closes: sandboxes still starting
+    /// give up.
+    closing: Notify,
     /// Slots (uids, cgroup names) not held by any live sandbox.
     free_slots: Mutex<Vec<usize>>,
     starting: AtomicU64,
@@ -278,6 +294,7 @@ impl LocalPool {
                 ready: Mutex::new(VecDeque::new()),
                 ready_changed: Notify::new(),
                 refill: Notify::new(),
+                closing: Notify::new(),
                 free_slots: Mutex::new(free_slots),
                 starting: AtomicU64::new(0),
                 starting_kinds: Mutex::new(Vec::new()),
@@ -331,7 +348,7 @@ impl LocalPool {
     ) -> Result<(Option<i32>, String)> {
         let _guard = self.inner.oneoff.lock().await;
         let slot = 2 * self.inner.cfg.pool_size;
-        let mut sandbox = self.inner.spawn(slot, args)?;
+        let (mut sandbox, _) = self.inner.spawn(slot, args, false)?;
         drop(sandbox.stdin.take());
         let mut out = Vec::new();
         let read = tokio::time::timeout(timeout, async {
@@ -502,6 +519,7 @@ impl WarmPool for LocalPool {
             return;
         }
         inner.ready_changed.notify_waiters();
+        inner.closing.notify_waiters();
         inner.refill.notify_one();
         let drained: Vec<_> = inner
             .ready
@@ -592,8 +610,15 @@ impl Inner {
             + self.starting.load(Ordering::SeqCst) as usize
     }
 
-    /// Spawns the bwrap process of `slot` running the runner with `args`.
-    fn spawn(&self, slot: usize, args: &[&str]) -> Result<LocalSandbox> {
+    /// Spawns the bwrap process of `slot` running the runner with `args`;
+    /// with `ready_pipe`, bwrap gets a pipe's write end as [`READY_FD`]
+    /// and its read end comes back too.
+    fn spawn(
+        &self,
+        slot: usize,
+        args: &[&str],
+        ready_pipe: bool,
+    ) -> Result<(LocalSandbox, Option<pipe::Receiver>)> {
         let io_err = |context: &str| {
             let context = context.to_string();
             move |source| Error::Io { context, source }
@@ -619,7 +644,7 @@ impl Inner {
         for arg in args {
             argv.push(c_string(arg.as_bytes().to_vec()).map_err(io_err("runner arguments"))?);
         }
-        let started = process::start(&self.bwrap_path, &argv, &procs, identity);
+        let started = process::start(&self.bwrap_path, &argv, &procs, identity, ready_pipe);
         drop(procs);
         let started = match started {
             Ok(started) => started,
@@ -636,7 +661,7 @@ impl Inner {
         let stdout = BufReader::new(started.stdout);
         let stderr_tail = Arc::new(Mutex::new(Vec::new()));
         let (tail, mut stderr) = (stderr_tail.clone(), started.stderr);
-        tokio::spawn(async move {
+        let stderr_task = tokio::spawn(async move {
             let mut buf = [0u8; 4096];
             while let Ok(n @ 1..) = stderr.read(&mut buf).await {
                 if let Ok(mut t) = tail.lock() {
@@ -646,52 +671,84 @@ impl Inner {
                 }
             }
         });
-        Ok(LocalSandbox {
+        let sandbox = LocalSandbox {
             slot,
             child: started.process,
             stdin: Some(started.stdin),
             stdout,
             stderr_tail,
+            stderr_task: Some(stderr_task),
             cgroup,
             prestart: None,
-        })
+        };
+        Ok((sandbox, started.ready))
     }
 
     /// Spawns a sandbox (its runner pre-starting `prestart`'s interpreter,
-    /// if given) and waits until its runner is blocked on stdin.
+    /// if given) and waits for its runner's ready byte: it can take a job.
     async fn start_sandbox(
         &self,
         slot: usize,
         prestart: Option<&'static str>,
     ) -> Result<LocalSandbox> {
-        let args: Vec<&str> = match prestart {
-            Some(language) => vec!["--prestart", language],
-            None => Vec::new(),
-        };
-        let mut sandbox = self.spawn(slot, &args)?;
+        let fd = READY_FD.to_string();
+        let mut args = vec!["--ready-fd", fd.as_str()];
+        if let Some(language) = prestart {
+            args.extend(["--prestart", language]);
+        }
+        let (mut sandbox, ready) = self.spawn(slot, &args, true)?;
         sandbox.prestart = prestart;
-        let pid = sandbox.pid();
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut pause = Duration::from_micros(500);
+        let mut ready = ready.ok_or_else(|| Error::Protocol("no readiness pipe".into()))?;
+        let mut byte = [0u8; 1];
+        let failure = tokio::select! {
+            read = ready.read(&mut byte) => match read {
+                Ok(1..) => return Ok(sandbox),
+                Ok(0) => self.died_before_ready(&mut sandbox).await,
+                Err(source) => Error::Io {
+                    context: "waiting for the sandbox's ready byte".into(),
+                    source,
+                },
+            },
+            () = tokio::time::sleep(READY_TIMEOUT) => Error::Timeout(READY_TIMEOUT),
+            () = self.until_closed() => Error::Closed,
+        };
+        self.kill_and_reap(sandbox).await;
+        Err(failure)
+    }
+
+    /// The error for a sandbox that closed its readiness pipe without the
+    /// byte: every holder of the write end (bwrap, the runner) is gone or
+    /// gave up. Waits briefly for its exit status and last stderr.
+    async fn died_before_ready(&self, sandbox: &mut LocalSandbox) -> Error {
+        let exited = tokio::time::timeout(EXIT_REPORT_GRACE, async {
+            let status = sandbox.child.wait().await;
+            if let Some(task) = sandbox.stderr_task.take() {
+                let _ = task.await;
+            }
+            status
+        })
+        .await;
+        let stderr = sandbox.stderr_tail();
+        match exited {
+            Ok(Ok(status)) => Error::Protocol(format!(
+                "sandbox exited during start-up ({status}): {stderr}"
+            )),
+            _ => Error::Protocol(format!(
+                "sandbox closed its readiness pipe without the ready byte: {stderr}"
+            )),
+        }
+    }
+
+    /// Resolves once the pool is closed.
+    async fn until_closed(&self) {
         loop {
-            if pid.is_some_and(runner_waiting) {
-                return Ok(sandbox);
+            let closing = self.closing.notified();
+            tokio::pin!(closing);
+            closing.as_mut().enable();
+            if self.closed.load(Ordering::SeqCst) {
+                return;
             }
-            if let Ok(Some(status)) = sandbox.child.try_wait() {
-                let stderr = sandbox.stderr_tail();
-                self.kill_and_reap(sandbox).await;
-                return Err(Error::Protocol(format!(
-                    "sandbox exited during start-up ({status}): {stderr}"
-                )));
-            }
-            if Instant::now() >= deadline || self.closed.load(Ordering::SeqCst) {
-                self.kill_and_reap(sandbox).await;
-                return Err(Error::Timeout(READY_TIMEOUT));
-            }
-            // Polling /proc for the runner's state: there is no event for
-            // "a process in another pid namespace blocked on a read".
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(20));
+            closing.await;
         }
     }
 
@@ -807,31 +864,6 @@ async fn start_one(
     inner.starting.fetch_sub(1, Ordering::SeqCst);
     let _ = done.send(ok);
     inner.refill.notify_one();
-}
-
-/// Whether a `warmpod-runner` process below `pid` is started and asleep
-/// (blocked reading its job).
-fn runner_waiting(pid: u32) -> bool {
-    let mut frontier = vec![pid];
-    for _depth in 0..4 {
-        let mut next = Vec::new();
-        for p in frontier {
-            let children =
-                fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
-            for c in children
-                .split_whitespace()
-                .filter_map(|c| c.parse::<u32>().ok())
-            {
-                let comm = fs::read_to_string(format!("/proc/{c}/comm")).unwrap_or_default();
-                if comm.trim_end() == "warmpod-runner" {
-                    return process_state(c) == Some('S');
-                }
-                next.push(c);
-            }
-        }
-        frontier = next;
-    }
-    false
 }
 
 /// Pids of every process below `pid`.

@@ -8,7 +8,9 @@ use pod_manager::Application;
 use tokio_util::sync::CancellationToken;
 use warmpod_protocol::Status;
 
-use crate::helpers::{TestBroker, failed_deliveries_header, job, test_config, unique_prefix};
+use crate::helpers::{
+    TestBroker, failed_deliveries_header, fake_runner, job, test_config, unique_prefix,
+};
 use crate::metrics::metrics_text;
 
 const WITHIN: Duration = Duration::from_secs(90);
@@ -181,16 +183,12 @@ async fn runtime_versions_are_announced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_sandbox_is_retried_once_then_internal_error() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let fake = dir.path().join("warmpod-runner");
     // Answers --versions, but dies on every job.
-    std::fs::write(
-        &fake,
-        "#!/usr/bin/bash\nif [ \"$1\" = --versions ]; then echo '{}'; exit 0; fi\nread -r line\nexit 3\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let fake = fake_runner(
+        dir.path(),
+        "if [ \"$1\" = --versions ]; then echo '{}'; exit 0; fi\nread -r line\nexit 3\n",
+    );
     let app = start(&[
         ("WARMPOD_POOL_SIZE", "1"),
         ("WARMPOD_RUNNER_PATH", fake.to_str().unwrap()),
@@ -207,17 +205,13 @@ async fn a_failing_sandbox_is_retried_once_then_internal_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_sandbox_is_time_limit_exceeded_without_a_retry() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let fake = dir.path().join("warmpod-runner");
     // Answers --versions, but never answers a job (a runner held up by
     // its program).
-    std::fs::write(
-        &fake,
-        "#!/usr/bin/bash\nif [ \"$1\" = --versions ]; then echo '{}'; exit 0; fi\nread -r line\nexec sleep 1000\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let fake = fake_runner(
+        dir.path(),
+        "if [ \"$1\" = --versions ]; then echo '{}'; exit 0; fi\nread -r line\nexec sleep 1000\n",
+    );
     let app = start(&[
         ("WARMPOD_POOL_SIZE", "1"),
         ("WARMPOD_RUNNER_PATH", fake.to_str().unwrap()),

@@ -49,6 +49,23 @@ pub fn runner_path() -> PathBuf {
     path
 }
 
+/// Writes an executable fake `warmpod-runner` (a Bash script) in `dir`:
+/// like the real one, given `--ready-fd N` it writes one byte to N and
+/// closes it first (then shifts those two arguments away), and runs
+/// `body` after that.
+pub fn fake_runner(dir: &std::path::Path, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("warmpod-runner");
+    let script = format!(
+        "#!/usr/bin/bash\n\
+         if [ \"$1\" = --ready-fd ]; then printf R >&\"$2\"; eval \"exec $2>&-\"; shift 2; fi\n\
+         {body}"
+    );
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
 /// The environment of a test pod-manager: unique names, free metrics
 /// port, the built runner, plus `extra`.
 pub fn test_env(prefix: &str, extra: &[(&str, &str)]) -> HashMap<String, String> {

@@ -7,7 +7,9 @@ use std::time::Duration;
 use pod_manager::pool::{self, LocalPool, WarmPool};
 use warmpod_protocol::{Limits, Status};
 
-use crate::helpers::{alive, cgroups_of, descendants, job, test_config, unique_prefix, wait_until};
+use crate::helpers::{
+    alive, cgroups_of, descendants, fake_runner, job, test_config, unique_prefix, wait_until,
+};
 
 #[tokio::test]
 async fn an_empty_pool_makes_the_claim_wait_not_fail() {
@@ -40,16 +42,42 @@ async fn an_empty_pool_makes_the_claim_wait_not_fail() {
 }
 
 #[tokio::test]
+async fn a_sandbox_dying_before_ready_is_reported_not_hung() {
+    crate::helpers::init_logs();
+    // A runner too old for --ready-fd: it refuses the flag and exits
+    // without the ready byte (its end of the pipe closes with it).
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("warmpod-runner");
+    std::fs::write(
+        &old,
+        "#!/usr/bin/bash\necho \"error: unexpected argument '$1' found\" >&2\nexit 64\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = test_config(
+        &unique_prefix(),
+        &[
+            ("WARMPOD_POOL_SIZE", "1"),
+            ("WARMPOD_RUNNER_PATH", old.to_str().unwrap()),
+        ],
+    );
+    let err = LocalPool::start(cfg.local).await.unwrap_err();
+    let pool::local::StartError::FirstSandbox(pool::Error::Protocol(message)) = &err else {
+        panic!("not reported as a failed start: {err:?}");
+    };
+    assert!(message.contains("exited during start-up"), "{message}");
+    assert!(message.contains("exit status: 64"), "{message}");
+    assert!(
+        message.contains("unexpected argument '--ready-fd' found"),
+        "the runner's stderr is in the report: {message}"
+    );
+}
+
+#[tokio::test]
 async fn a_silent_sandbox_times_out_and_is_destroyed() {
     crate::helpers::init_logs();
     let dir = tempfile::tempdir().unwrap();
-    let fake = dir.path().join("warmpod-runner");
-    std::fs::write(
-        &fake,
-        "#!/usr/bin/bash\nread -r line\nexec /usr/bin/sleep 1000\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let fake = fake_runner(dir.path(), "read -r line\nexec /usr/bin/sleep 1000\n");
     let cfg = test_config(
         &unique_prefix(),
         &[
@@ -79,9 +107,7 @@ async fn a_silent_sandbox_times_out_and_is_destroyed() {
 async fn a_runner_without_an_answer_is_a_protocol_error() {
     crate::helpers::init_logs();
     let dir = tempfile::tempdir().unwrap();
-    let fake = dir.path().join("warmpod-runner");
-    std::fs::write(&fake, "#!/usr/bin/bash\nread -r line\necho 'not json'\n").unwrap();
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let fake = fake_runner(dir.path(), "read -r line\necho 'not json'\n");
     let cfg = test_config(
         &unique_prefix(),
         &[

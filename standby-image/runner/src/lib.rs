@@ -11,6 +11,8 @@
 //! - `prestart`: pre-started interpreters ([`Runner::prestart`]).
 //! - [`serve`]: one job over a unix socket (`--serve`, `--relay`), for
 //!   a standby pod whose main process pre-started the interpreter.
+//! - `ready`: `--ready-fd`, one byte to the parent once the runner can
+//!   take its job ([`ReadyFd`]).
 //! - `supervise`: wall/CPU timer, capped output readers, cleanup.
 //! - `reaper`: subreaper, killing and reaping every descendant.
 //! - `signals`: SIGTERM & co. during a job end it cleanly, with a result.
@@ -28,6 +30,7 @@ mod identity;
 mod job;
 mod limits;
 mod prestart;
+mod ready;
 mod reaper;
 pub mod serve;
 mod signals;
@@ -44,6 +47,7 @@ pub use identity::{Identity, IdentityError, LOCK_DIR, UID_RANGE};
 pub use job::{JobError, MAX_LINE_BYTES, read_line, salvage_id};
 pub use limits::{MAX_STACK_BYTES, OPEN_FILES};
 pub use prestart::{DEFAULT_JAVA_BOOT_DIR, PrestartError, supported as prestart_supported};
+pub use ready::{READY_BYTE, ReadyFd, ReadyFdError};
 pub use spawn::{ForkExec, Kept, LaunchSpec, Launched, Launcher, PROGRAM_PATH, StepKind};
 pub use supervise::POLL_INTERVAL;
 pub use versions::{VERSION_TIMEOUT, missing_programs, versions};

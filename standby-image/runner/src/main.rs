@@ -3,7 +3,9 @@
 //! `--versions` prints `{language: version}`; `--check` verifies every
 //! runtime is installed (a readiness probe). `--serve`, `--relay` and
 //! `--serving` are the specialised standby pod's modes (see `serving` below
-//! and the library's `serve` module).
+//! and the library's `serve` module). `--ready-fd N` writes one byte to
+//! descriptor N once the runner can take its job (the local backend's
+//! readiness signal; see the library's `ready` module).
 
 use std::io::{self, Write};
 use std::panic::{self, AssertUnwindSafe};
@@ -14,7 +16,7 @@ use clap::Parser;
 use uuid::Uuid;
 use warmpod_protocol::{JobResult, Language};
 use warmpod_runner::{
-    DEFAULT_JAVA_BOOT_DIR, DEFAULT_WORK_ROOT, LOCK_DIR, Runner, read_line, salvage_id,
+    DEFAULT_JAVA_BOOT_DIR, DEFAULT_WORK_ROOT, LOCK_DIR, ReadyFd, Runner, read_line, salvage_id,
 };
 
 /// Runs ONE warmpod job under limits: one JSON job line in, one JSON result
@@ -62,6 +64,17 @@ struct Cli {
     /// probe; never connects).
     #[arg(long, value_name = "SOCKET", conflicts_with_all = ["versions", "check"])]
     serving: Option<PathBuf>,
+    /// Write one byte to this inherited descriptor (3 or above, open for
+    /// writing) and close it once ready for the job: after any pre-start,
+    /// right before blocking on stdin (or on `--serve`'s socket).
+    #[arg(
+        long,
+        value_name = "FD",
+        value_parser = clap::value_parser!(i32).range(3..),
+        allow_negative_numbers = true,
+        conflicts_with_all = ["relay", "serving", "versions", "check"]
+    )]
+    ready_fd: Option<i32>,
 }
 
 /// Exit code for bad command-line configuration.
@@ -76,6 +89,14 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             let _ = e.print();
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    // First, before the runner opens or starts anything.
+    let ready = match cli.ready_fd.map(ReadyFd::adopt).transpose() {
+        Ok(ready) => ready,
+        Err(e) => {
+            eprintln!("warmpod-runner: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -107,10 +128,23 @@ fn main() -> ExitCode {
         eprintln!("warmpod-runner: {e}");
     }
     if let Some(socket) = &cli.serve {
-        return serving::serve(runner, socket);
+        return serving::serve(runner, socket, ready);
     }
+    signal_ready(ready);
     let result = answer(runner, read_line(&mut io::stdin().lock()));
     print_line(&serde_json::to_string(&result))
+}
+
+/// Tells the parent the runner can take its job now (with `--ready-fd`).
+/// A failed write is reported and the runner goes on: the parent, which
+/// closed its end, sees no byte and treats the sandbox as failed.
+fn signal_ready(ready: Option<ReadyFd>) {
+    if let Some(ready) = ready {
+        let fd = ready.fd();
+        if let Err(e) = ready.signal() {
+            eprintln!("warmpod-runner: signalling readiness on descriptor {fd}: {e}");
+        }
+    }
 }
 
 /// The result for a job line read (or not) by a started (or not) runner.
@@ -188,16 +222,24 @@ mod serving {
     use std::process::ExitCode;
 
     use warmpod_runner::serve::{Relayed, ServeSocket, is_serving};
-    use warmpod_runner::{Runner, StartError, read_line};
+    use warmpod_runner::{ReadyFd, Runner, StartError, read_line};
 
-    use super::{Cli, answer, print_line};
+    use super::{Cli, answer, print_line, signal_ready};
 
     /// Serves one job on `socket` with `runner` (its interpreter already
     /// pre-started, if asked): exit 0 once the result is written or a stop
     /// signal came first; 1 when the socket cannot be served (the
-    /// container restarts and the pod never gets ready).
-    pub fn serve(runner: Result<Runner, StartError>, socket: &Path) -> ExitCode {
-        let connection = ServeSocket::bind(socket).and_then(ServeSocket::accept_one);
+    /// container restarts and the pod never gets ready). `ready` is
+    /// signalled once the socket listens.
+    pub fn serve(
+        runner: Result<Runner, StartError>,
+        socket: &Path,
+        ready: Option<ReadyFd>,
+    ) -> ExitCode {
+        let connection = ServeSocket::bind(socket).and_then(|listening| {
+            signal_ready(ready);
+            listening.accept_one()
+        });
         let mut connection = match connection {
             Ok(Some(connection)) => connection,
             // A stop signal: an unused interpreter dies with the runner.

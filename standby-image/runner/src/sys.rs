@@ -331,3 +331,40 @@ pub fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
     // owns it. (pidfd_open sets close-on-exec itself.)
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
+
+/// Whether [`adopt_inherited_writer`] took a descriptor already: a second
+/// call could name the same number and make two owners of it.
+static ADOPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Takes ownership of descriptor `fd`, inherited from our parent (the
+/// `--ready-fd` pipe), marked close-on-exec so that nothing the runner
+/// starts (a pre-started interpreter, a program) inherits it. Once per
+/// process.
+///
+/// # Errors
+/// `EBADF` when `fd` is a standard stream (0-2) or not open, `EACCES`
+/// when it is not open for writing, `EBUSY` on a second call.
+pub fn adopt_inherited_writer(fd: i32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    use std::sync::atomic::Ordering;
+    if fd < 3 {
+        // Owned by the standard library's stdin, stdout, stderr.
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: plain integer arguments; an fd that is not open just fails.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    check(flags.into())?;
+    if flags & libc::O_ACCMODE == libc::O_RDONLY {
+        return Err(io::Error::from_raw_os_error(libc::EACCES));
+    }
+    if ADOPTED.swap(true, Ordering::SeqCst) {
+        return Err(io::Error::from_raw_os_error(libc::EBUSY));
+    }
+    // SAFETY: plain integer arguments on the open descriptor checked above.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) }.into())?;
+    // SAFETY: `fd` is open (checked above) and above the standard streams;
+    // the runner opens no descriptor before this is called from `main`
+    // (the number came from our parent), and `ADOPTED` makes this the
+    // only adoption, so nothing else owns or closes it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}

@@ -9,4 +9,5 @@ mod limits;
 mod prestart;
 mod processes;
 mod python_exit;
+mod ready;
 mod serve;
