@@ -219,13 +219,17 @@ impl<P: WarmPool> Consumer<P> {
         // Finish in-flight jobs (they publish on the connection still
         // open), then close it.
         self.jobs.close();
+        tracing::info!(in_flight = self.jobs.len(), "consumer stopped; draining in-flight jobs");
         self.jobs.wait().await;
         if let Some(broker) = last_connection {
+            tracing::info!("jobs drained; closing the RabbitMQ connection");
             let _ = broker.connection.close(200, "shutting down".into()).await;
         }
         let _ = self.publisher_tx.send(None);
         self.ctx.destroys.close();
+        tracing::info!(pending = self.ctx.destroys.len(), "waiting for sandbox destructions");
         self.ctx.destroys.wait().await;
+        tracing::info!("consumer done");
         match fatal {
             Some(e) => Err(anyhow::Error::new(e).context("RabbitMQ topology")),
             None => Ok(()),

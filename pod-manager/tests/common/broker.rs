@@ -252,6 +252,23 @@ impl TestBroker {
         .unwrap()
     }
 
+    /// Waits until `id` has started: its `running` event or, since a
+    /// `running` event published on a connection that then broke is not
+    /// resent (only final events are), its final one.
+    pub async fn wait_started(&self, id: Uuid, within: Duration) {
+        let mut rx = self.events_rx.clone();
+        tokio::time::timeout(
+            within,
+            rx.wait_for(|all| {
+                all.iter()
+                    .any(|e| e.id == id && (e.status == Status::Running || e.status.is_final()))
+            }),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{id} did not start within {within:?}"))
+        .unwrap();
+    }
+
     /// Waits for the first runtime versions announcement.
     pub async fn wait_versions(&self, within: Duration) -> serde_json::Value {
         let mut rx = self.versions_rx.clone();
@@ -344,6 +361,12 @@ impl TestBroker {
 
     /// Messages waiting in the jobs queue.
     pub async fn jobs_waiting(&self) -> u32 {
+        tokio::time::timeout(Duration::from_secs(30), self.jobs_waiting_now())
+            .await
+            .expect("the broker answers a passive declare of the jobs queue")
+    }
+
+    async fn jobs_waiting_now(&self) -> u32 {
         let ch = self.connection.create_channel().await.unwrap();
         let q = ch
             .queue_declare(

@@ -156,9 +156,7 @@ async fn a_broker_outage_mid_stream_loses_no_job() {
         *proxy.accepted.lock().unwrap() >= 2
     })
     .await;
-    broker
-        .wait_event(jobs[3].id, Some(Status::Running), WITHIN)
-        .await;
+    broker.wait_started(jobs[3].id, WITHIN).await;
     proxy.cut();
 
     let mut seen = HashSet::new();
@@ -180,6 +178,10 @@ async fn a_broker_outage_mid_stream_loses_no_job() {
     assert_eq!(seen.len(), jobs.len());
     wait_until_queued(&broker, 0).await;
     stop.cancel();
-    task.await.unwrap().unwrap();
+    tokio::time::timeout(WITHIN, task)
+        .await
+        .expect("the pod-manager stops after its broker connection came back")
+        .unwrap()
+        .unwrap();
     broker.cleanup().await;
 }
