@@ -212,22 +212,28 @@ impl<P: WarmPool> Consumer<P> {
                 Err(e) => {
                     let _ = self.publisher_tx.send(None);
                     tracing::warn!(error = %e, "lost the RabbitMQ connection; reconnecting");
-                    let _ = broker.connection.close(320, "reconnecting".into()).await;
+                    close_within(&broker, 320, "reconnecting").await;
                 }
             }
         }
         // Finish in-flight jobs (they publish on the connection still
         // open), then close it.
         self.jobs.close();
-        tracing::info!(in_flight = self.jobs.len(), "consumer stopped; draining in-flight jobs");
+        tracing::info!(
+            in_flight = self.jobs.len(),
+            "consumer stopped; draining in-flight jobs"
+        );
         self.jobs.wait().await;
         if let Some(broker) = last_connection {
             tracing::info!("jobs drained; closing the RabbitMQ connection");
-            let _ = broker.connection.close(200, "shutting down".into()).await;
+            close_within(&broker, 200, "shutting down").await;
         }
         let _ = self.publisher_tx.send(None);
         self.ctx.destroys.close();
-        tracing::info!(pending = self.ctx.destroys.len(), "waiting for sandbox destructions");
+        tracing::info!(
+            pending = self.ctx.destroys.len(),
+            "waiting for sandbox destructions"
+        );
         self.ctx.destroys.wait().await;
         tracing::info!("consumer done");
         match fatal {
@@ -265,7 +271,10 @@ impl<P: WarmPool> Consumer<P> {
                     }
                 }
                 () = self.ctx.shutdown.cancelled() => {
-                    let _ = broker.consume.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                    let cancel = broker.consume.basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
+                    if tokio::time::timeout(BROKER_REPLY_TIMEOUT, cancel).await.is_err() {
+                        tracing::warn!("the broker did not answer the consumer's cancel; stopping anyway");
+                    }
                     return Ok(());
                 }
                 next = deliveries.next() => match next {
@@ -279,6 +288,25 @@ impl<P: WarmPool> Consumer<P> {
                 },
             }
         }
+    }
+}
+
+/// How long shutdown waits for the broker to answer a cancel or a close:
+/// a connection that broke without our noticing yet must not hold the
+/// pod-manager's stop (unacked deliveries are redelivered either way).
+const BROKER_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Closes `broker`'s connection, giving up after [`BROKER_REPLY_TIMEOUT`].
+async fn close_within(broker: &Broker, code: u16, reason: &str) {
+    let close = broker.connection.close(code, reason.into());
+    if tokio::time::timeout(BROKER_REPLY_TIMEOUT, close)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            reason,
+            "the broker did not answer our close; dropping the connection"
+        );
     }
 }
 
