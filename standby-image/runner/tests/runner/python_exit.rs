@@ -79,7 +79,9 @@ const PROGRAMS: &[(&str, &str, Option<bool>)] = &[
     ),
     (
         "non-daemon thread",
-        "import threading, time\ndef f():\n    time.sleep(0.2)\n    print('thread done')\nthreading.Thread(target=f).start()\nprint('main done')",
+        // Prints after main (an event, not a race), then is still alive
+        // when the program ends.
+        "import threading, time\nev = threading.Event()\ndef f():\n    ev.wait()\n    print('thread done', flush=True)\n    time.sleep(1)\nthreading.Thread(target=f).start()\nprint('main done', flush=True)\nev.set()",
         Some(false),
     ),
     (
@@ -239,7 +241,8 @@ const PROGRAMS: &[(&str, &str, Option<bool>)] = &[
     ),
     (
         "fork",
-        "import os\npid = os.fork()\nprint('child' if pid == 0 else 'parent', flush=True)\nif pid:\n    os.waitpid(pid, 0)",
+        // The parent prints after the child has ended: one order both ways.
+        "import os\npid = os.fork()\nif pid:\n    os.waitpid(pid, 0)\nprint('child' if pid == 0 else 'parent', flush=True)",
         Some(true),
     ),
     (
