@@ -436,27 +436,16 @@ fn refuses_queue_type(e: &lapin::Error) -> bool {
 /// them for the configured queue type.
 pub fn jobs_queue_arguments(topology: &Topology) -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(topology.jobs_queue_type.as_str().into()),
-    );
-    args.insert(
-        "x-max-length".into(),
-        AMQPValue::LongLongInt(topology.jobs_queue_max_length),
-    );
-    args.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString("reject-publish".into()),
-    );
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString(topology.dead_letter_exchange.as_str().into()),
-    );
-    if topology.jobs_queue_type == queue::JobsQueueType::Quorum {
-        args.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(queue::JOBS_QUEUE_DELIVERY_LIMIT),
-        );
+    for (key, value) in queue::jobs_queue_arguments(
+        topology.jobs_queue_type,
+        topology.jobs_queue_max_length,
+        &topology.dead_letter_exchange,
+    ) {
+        let value = match value {
+            queue::QueueArgument::Text(text) => AMQPValue::LongString(text.into()),
+            queue::QueueArgument::Int(n) => AMQPValue::LongLongInt(n),
+        };
+        args.insert(key.into(), value);
     }
     args
 }

@@ -13,7 +13,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use warmpod_protocol::queue::{
-    DIRECT_REPLY_TO, FAILED_DELIVERIES_HEADER, JOBS_QUEUE_DELIVERY_LIMIT, JobsQueueType,
+    DIRECT_REPLY_TO, FAILED_DELIVERIES_HEADER, JobsQueueType, QueueArgument,
     RUNTIME_VERSIONS_ROUTING_KEY, is_queue_type_refusal, queue_type_mismatch_hint,
 };
 use warmpod_protocol::{JobEvent, RuntimeVersions};
@@ -155,27 +155,16 @@ pub fn jobs_queue_arguments(
     queue_type: JobsQueueType,
 ) -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert(
-        ShortString::from("x-queue-type"),
-        AMQPValue::LongString(queue_type.as_str().into()),
-    );
-    args.insert(
-        ShortString::from("x-max-length"),
-        AMQPValue::LongLongInt(max_length),
-    );
-    args.insert(
-        ShortString::from("x-overflow"),
-        AMQPValue::LongString("reject-publish".into()),
-    );
-    args.insert(
-        ShortString::from("x-dead-letter-exchange"),
-        AMQPValue::LongString(names.dead_letter_exchange.as_str().into()),
-    );
-    if queue_type == JobsQueueType::Quorum {
-        args.insert(
-            ShortString::from("x-delivery-limit"),
-            AMQPValue::LongLongInt(JOBS_QUEUE_DELIVERY_LIMIT),
-        );
+    for (key, value) in warmpod_protocol::queue::jobs_queue_arguments(
+        queue_type,
+        max_length,
+        &names.dead_letter_exchange,
+    ) {
+        let value = match value {
+            QueueArgument::Text(text) => AMQPValue::LongString(text.into()),
+            QueueArgument::Int(n) => AMQPValue::LongLongInt(n),
+        };
+        args.insert(ShortString::from(key), value);
     }
     args
 }
@@ -566,8 +555,9 @@ mod tests {
                 get("x-dead-letter-exchange"),
                 Some(AMQPValue::LongString("warmpod.dlx".into()))
             );
-            let limit = (queue_type == JobsQueueType::Quorum)
-                .then_some(AMQPValue::LongLongInt(JOBS_QUEUE_DELIVERY_LIMIT));
+            let limit = (queue_type == JobsQueueType::Quorum).then_some(AMQPValue::LongLongInt(
+                warmpod_protocol::queue::JOBS_QUEUE_DELIVERY_LIMIT,
+            ));
             assert_eq!(get("x-delivery-limit"), limit, "{queue_type}");
         }
     }

@@ -134,6 +134,45 @@ impl std::str::FromStr for JobsQueueType {
     }
 }
 
+/// The value of one [`jobs_queue_arguments`] entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueArgument {
+    /// An AMQP long string.
+    Text(String),
+    /// An AMQP long long int.
+    Int(i64),
+}
+
+/// The arguments [`JOBS_QUEUE`] is declared with, as the module docs list
+/// them: every service that declares it builds its AMQP table from this one
+/// list, so their declarations cannot drift apart (the broker refuses a
+/// declaration with other arguments).
+pub fn jobs_queue_arguments(
+    queue_type: JobsQueueType,
+    max_length: i64,
+    dead_letter_exchange: &str,
+) -> Vec<(&'static str, QueueArgument)> {
+    let mut args = vec![
+        (
+            "x-queue-type",
+            QueueArgument::Text(queue_type.as_str().into()),
+        ),
+        ("x-max-length", QueueArgument::Int(max_length)),
+        ("x-overflow", QueueArgument::Text("reject-publish".into())),
+        (
+            "x-dead-letter-exchange",
+            QueueArgument::Text(dead_letter_exchange.into()),
+        ),
+    ];
+    if queue_type == JobsQueueType::Quorum {
+        args.push((
+            "x-delivery-limit",
+            QueueArgument::Int(JOBS_QUEUE_DELIVERY_LIMIT),
+        ));
+    }
+    args
+}
+
 /// The remedy for a jobs queue that exists with another type than the one
 /// configured (the broker's `PRECONDITION_FAILED - inequivalent arg
 /// 'x-queue-type'`), for the services' start-up error.
