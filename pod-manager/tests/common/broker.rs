@@ -309,14 +309,8 @@ impl TestBroker {
     /// it (got, then returned with a requeue): its failed-deliveries header
     /// (`None` when absent) and whether the broker flags it `redelivered`.
     pub async fn peek_job(&self) -> Option<(Option<i64>, bool)> {
-        let ch = self.connection.create_channel().await.unwrap();
-        let got = ch
-            .basic_get(
-                self.names.jobs.as_str().into(),
-                BasicGetOptions { no_ack: false },
-            )
-            .await
-            .unwrap()?;
+        let (ch, got) = self.get_job().await;
+        let got = got?;
         let header = got
             .delivery
             .properties
@@ -347,6 +341,13 @@ impl TestBroker {
     /// it, as a consumer that dies holding a delivery: the broker puts it
     /// back flagged `redelivered`.
     pub async fn take_and_abandon_job(&self) {
+        let (ch, got) = self.get_job().await;
+        assert!(got.is_some(), "a job to take");
+        ch.close(200, "".into()).await.unwrap();
+    }
+
+    /// Gets the first job message, unsettled, on a channel of its own.
+    async fn get_job(&self) -> (Channel, Option<lapin::message::BasicGetMessage>) {
         let ch = self.connection.create_channel().await.unwrap();
         let got = ch
             .basic_get(
@@ -355,8 +356,7 @@ impl TestBroker {
             )
             .await
             .unwrap();
-        assert!(got.is_some(), "a job to take");
-        ch.close(200, "".into()).await.unwrap();
+        (ch, got)
     }
 
     /// Messages waiting in the jobs queue.
