@@ -3,15 +3,16 @@
 //! program uid, each in its own session, with the clean environment and
 //! the (single-use) work directory as cwd, blocked reading its program
 //! from a private channel (fd 3; for Node a high descriptor, see
-//! `program_fd`), on which it first says it is ready.
+//! `program_fd`), on which it first says it is ready. [`Prestarted::start`]
+//! returns once every process said so (or [`READY_TIMEOUT`] passed), so a
+//! runner signals its own readiness only after the runtime's start-up.
 //!
 //! When the job arrives, [`Prestarted::hand_over`] renames the work
 //! directory to the job's and writes its files; the [`Launcher`] it returns
 //! then starts each step on its waiting process: it applies the step's
 //! resource limits with `prlimit` (`RLIMIT_CPU` raised by the CPU the
-//! start-up used, which is also subtracted from the step's CPU time; a step
-//! that arrives before its process is ready waits for it, on the step's
-//! wall clock), sends `"<stdin mode>\0<work dir>\0<argv>..."` and feeds
+//! start-up used, which is also subtracted from the step's CPU time),
+//! sends `"<stdin mode>\0<work dir>\0<argv>..."` and feeds
 //! stdin. From there supervision and verdicts are the cold path's. The
 //! language's bootstrap (`prestart/python.py`, `javascript.js`,
 //! `WarmpodBoot.java`) makes the program run as the cold command would; a
@@ -62,8 +63,9 @@ use bootstrap_file::BootstrapFile;
 pub use java::DEFAULT_BOOT_DIR as DEFAULT_JAVA_BOOT_DIR;
 use java::JavaBoot;
 
-/// How long a step waits for its process, still starting up, before it
-/// is given its program anyway (its wall clock runs meanwhile).
+/// How long pre-starting waits for each process's "ready": one still
+/// starting up after that is deemed ready (it gets its program when the
+/// job comes, and supervision reports whatever it then does).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A language's bootstrap: the code that makes a pre-started runtime wait
@@ -236,7 +238,7 @@ impl Prestarted {
             Channel::Socket
         };
         // The compiler first: its step comes first.
-        let compile = match (language.compile, &java_boot) {
+        let mut compile = match (language.compile, &java_boot) {
             (None, _) => None,
             (Some(_), Some(boot)) => {
                 let argv = java::compiler_command(language, compile_memory_kb, boot)
@@ -273,7 +275,15 @@ impl Prestarted {
             program_fd: bootstrap.program_fd,
             compiler: false,
         };
-        let run = spawn_waiting(&spec, &dir, ids).map_err(spawn_err)?;
+        let mut run = spawn_waiting(&spec, &dir, ids).map_err(spawn_err)?;
+        // Started side by side, then awaited: "pre-started" (and the
+        // runner's readiness, which follows) means the processes have done
+        // their start-up, not merely been spawned. A runtime still booting
+        // would take the job's CPU and wall clock, or share the CPU with
+        // whatever runs meanwhile.
+        for waiting in compile.iter_mut().chain(std::iter::once(&mut run)) {
+            waiting.await_ready();
+        }
         Ok(Self {
             language,
             memory_kb,
@@ -450,17 +460,19 @@ fn spawn_waiting(
 }
 
 impl Waiting {
+    /// Waits (once) for the process's "ready" byte, see [`wait_ready`].
+    fn await_ready(&mut self) {
+        if let Some(from_program) = self.from_program.take() {
+            wait_ready(&from_program);
+        }
+    }
+
     /// Starts the step `spec` describes on this process, with `payload`
     /// (the program's words of the command) after the header's stdin mode
     /// and work directory.
     fn launch(&mut self, spec: &LaunchSpec<'_>, payload: &[&OsStr]) -> io::Result<Launched> {
+        self.await_ready();
         let missing = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
-        let from_program = self
-            .from_program
-            .take()
-            .ok_or_else(|| missing("no program channel"))?;
-        wait_ready(&from_program);
-        drop(from_program);
         let cpu_before_ms = cpu_used_ms(self.pid)?;
         let mut rlimits = spec.rlimits;
         rlimits.cpu_seconds = rlimits
@@ -662,5 +674,49 @@ mod tests {
         drop(stop);
         thread.join().unwrap();
         assert!(after >= before + 49, "{before} ms, then {after} ms");
+    }
+
+    /// Python's entry with a prestart command that waits at a gate (a
+    /// FIFO) before it execs the real interpreter with the bootstrap.
+    fn gated_python(gate: &Path) -> &'static Language {
+        let python = Language::find("python").unwrap();
+        let script = format!(
+            "read _ < '{}' && exec /usr/bin/python3 -B -c \"$0\"",
+            gate.display()
+        );
+        let template: Vec<&'static str> = vec!["/bin/sh", "-c", script.leak(), "{bootstrap}"];
+        Box::leak(Box::new(Language {
+            prestart: Some(template.leak()),
+            ..*python
+        }))
+    }
+
+    #[test]
+    fn start_returns_once_the_interpreter_said_ready() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+        let root = tempfile::tempdir().unwrap();
+        let gate = root.path().join("gate");
+        nix::unistd::mkfifo(&gate, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let language = gated_python(&gate);
+        let work_root = root.path().to_path_buf();
+        let (done, started) = mpsc::channel();
+        let starter = std::thread::spawn(move || {
+            let prestarted =
+                Prestarted::start(language, None, &work_root, Path::new("/nonexistent"));
+            done.send(prestarted.map(|_| ())).unwrap();
+        });
+        // The process is spawned but held at the gate: not ready, so start
+        // has not returned (however long one looks).
+        assert!(matches!(
+            started.recv_timeout(Duration::from_millis(300)),
+            Err(mpsc::RecvTimeoutError::Timeout)
+        ));
+        fs::write(&gate, b"go\n").unwrap();
+        let outcome = started
+            .recv_timeout(READY_TIMEOUT)
+            .expect("start returns once ready");
+        outcome.unwrap();
+        starter.join().unwrap();
     }
 }
