@@ -48,7 +48,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 use warmpod_protocol::{Job, JobResult, Language};
 
-use super::mix::DemandMix;
+use super::mix::{self, DemandMix, Split};
 use super::{Claimed, Error, PoolStats, Result, WarmPool};
 use crate::cgroup::{self, CgroupManager, SandboxCgroup};
 use crate::config::LocalConfig;
@@ -400,7 +400,12 @@ impl WarmPool for LocalPool {
             if inner.closed.load(Ordering::SeqCst) {
                 return Err(Error::Closed);
             }
-            let popped = take_best(&mut inner.ready.lock().expect("ready queue lock"), key);
+            let popped = {
+                let split = inner.split();
+                let starting = inner.starting_kinds();
+                let mut ready = inner.ready.lock().expect("ready queue lock");
+                take_best(&mut ready, key, split.as_ref(), &starting)
+            };
             if let Some(sandbox) = popped {
                 inner.claimed.fetch_add(1, Ordering::SeqCst);
                 let counter = if warm {
@@ -547,17 +552,16 @@ impl WarmPool for LocalPool {
     }
 }
 
-/// Takes the best ready sandbox for a job of language `key`: one
-/// specialised for it, else a generic one, else the oldest.
+/// Takes the best ready sandbox for a job of language `key` (see
+/// [`mix::pick`]).
 fn take_best(
     ready: &mut VecDeque<LocalSandbox>,
     key: Option<&'static str>,
+    split: Option<&Split>,
+    starting: &[Option<&'static str>],
 ) -> Option<LocalSandbox> {
-    let at = key
-        .and_then(|k| ready.iter().position(|s| s.prestart == Some(k)))
-        .or_else(|| ready.iter().position(|s| s.prestart.is_none()))
-        .unwrap_or(0);
-    ready.remove(at)
+    let kinds: Vec<Option<&'static str>> = ready.iter().map(|s| s.prestart).collect();
+    ready.remove(mix::pick(&kinds, key, split, starting)?)
 }
 
 impl Inner {
@@ -580,22 +584,31 @@ impl Inner {
         self.ready_changed.notify_waiters();
     }
 
-    /// The kind of sandbox to start next, by the job mix.
-    fn next_kind(&self) -> Option<&'static str> {
+    /// How the job mix splits the pool (`None`: nothing is pre-started).
+    fn split(&self) -> Option<Split> {
         if self.cfg.prestart_languages.is_empty() {
             return None;
         }
-        let split = self.mix.lock().expect("mix lock").split(self.cfg.pool_size);
+        Some(self.mix.lock().expect("mix lock").split(self.cfg.pool_size))
+    }
+
+    /// The kinds of the sandboxes starting now.
+    fn starting_kinds(&self) -> Vec<Option<&'static str>> {
+        self.starting_kinds
+            .lock()
+            .map(|k| k.clone())
+            .unwrap_or_default()
+    }
+
+    /// The kind of sandbox to start next, by the job mix.
+    fn next_kind(&self) -> Option<&'static str> {
+        let split = self.split()?;
         let ready: Vec<Option<&'static str>> = self
             .ready
             .lock()
             .map(|q| q.iter().map(|s| s.prestart).collect())
             .unwrap_or_default();
-        let starting = self
-            .starting_kinds
-            .lock()
-            .map(|k| k.clone())
-            .unwrap_or_default();
+        let starting = self.starting_kinds();
         split.next_kind(|kind| {
             ready
                 .iter()

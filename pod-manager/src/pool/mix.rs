@@ -7,7 +7,10 @@
 //! job on the cold path), so the split only decides where the pre-started
 //! interpreters go: each language gets its share of the pool, rounded by
 //! largest remainder, and at least one sandbox stays generic when the pool
-//! has two or more.
+//! has two or more. A job whose language has no sandbox ready takes one of
+//! the kind most above its target ([`Split::surplus`]), so the pool follows
+//! a changed mix without killing anything: the refill starts the kind
+//! furthest below ([`Split::next_kind`]).
 
 /// Weight of each new job in the average: the mix follows roughly the last
 /// `1 / ALPHA` jobs.
@@ -97,20 +100,66 @@ impl DemandMix {
 }
 
 impl Split {
+    /// How many sandboxes of `kind` (`None`: generic) the pool should hold;
+    /// 0 for a language it does not pre-start.
+    pub fn target(&self, kind: Option<&str>) -> usize {
+        match kind {
+            None => self.generic,
+            Some(key) => self
+                .specialised
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map_or(0, |&(_, n)| n),
+        }
+    }
+
     /// The kind to start next, given how many of each kind are ready or
     /// starting (`have(None)` generic, `have(Some(key))` specialised): the
-    /// kind furthest below its target; generic when none is below.
+    /// kind furthest below its target, a language before generic on a tie
+    /// (any sandbox runs any job, but only a specialised one runs its
+    /// language warm); generic when none is below.
     pub fn next_kind(&self, have: impl Fn(Option<&'static str>) -> usize) -> Option<&'static str> {
         let mut best: (usize, Option<&'static str>) =
             (self.generic.saturating_sub(have(None)), None);
         for &(key, target) in &self.specialised {
             let deficit = target.saturating_sub(have(Some(key)));
-            if deficit > best.0 {
+            if deficit > best.0 || (deficit > 0 && deficit == best.0 && best.1.is_none()) {
                 best = (deficit, Some(key));
             }
         }
         best.1
     }
+
+    /// How far `kind` is above its target when `have` of it are ready or
+    /// starting (negative: below). A job with no sandbox of its own
+    /// language ready takes one of the kind most above target: the pool
+    /// then refills towards the split instead of keeping sandboxes for
+    /// languages no longer asked for.
+    pub fn surplus(&self, kind: Option<&str>, have: usize) -> i64 {
+        have as i64 - self.target(kind) as i64
+    }
+}
+
+/// Which of the `ready` sandboxes (their kinds, oldest first) a job of
+/// language `key` takes: one specialised for it; else one of the kind most
+/// above its target in `split` (counting those `starting` too), a generic
+/// one first on a tie, then the oldest. Without a split (nothing is
+/// pre-started, all are generic): the oldest.
+pub fn pick(
+    ready: &[Option<&'static str>],
+    key: Option<&str>,
+    split: Option<&Split>,
+    starting: &[Option<&'static str>],
+) -> Option<usize> {
+    if let Some(at) = key.and_then(|k| ready.iter().position(|s| *s == Some(k))) {
+        return Some(at);
+    }
+    let held = |kind: Option<&str>| ready.iter().chain(starting).filter(|k| **k == kind).count();
+    let surplus = |kind| split.map_or(0, |split| split.surplus(kind, held(kind)));
+    (0..ready.len()).max_by_key(|&i| {
+        let kind = ready[i];
+        (surplus(kind), kind.is_none(), std::cmp::Reverse(i))
+    })
 }
 
 #[cfg(test)]
@@ -194,5 +243,54 @@ mod tests {
         assert_eq!(split.next_kind(have([1, 3, 0])), Some("javascript"));
         // Every target met (the pool is short for other reasons): generic.
         assert_eq!(split.next_kind(have([1, 3, 1])), None);
+        // Equal deficits: the language first, generic after.
+        assert_eq!(split.next_kind(have([0, 3, 0])), Some("javascript"));
+        assert_eq!(split.next_kind(have([0, 2, 1])), Some("python"));
+    }
+
+    #[test]
+    fn a_job_takes_its_language_else_the_kind_most_above_target() {
+        let split = Split {
+            generic: 1,
+            specialised: vec![("python", 2), ("javascript", 1)],
+        };
+        let (py, js, gn) = (Some("python"), Some("javascript"), None);
+        // Its own language, wherever it is in the queue.
+        assert_eq!(
+            pick(&[py, gn, js], Some("javascript"), Some(&split), &[]),
+            Some(2)
+        );
+        // Mix moved to JavaScript with Python sandboxes left over: a
+        // surplus Python one, not the one generic sandbox.
+        assert_eq!(
+            pick(&[py, py, py, gn], Some("javascript"), Some(&split), &[]),
+            Some(0)
+        );
+        // Nothing above target: generic first, then the oldest.
+        assert_eq!(
+            pick(&[py, gn], Some("javascript"), Some(&split), &[py]),
+            Some(1)
+        );
+        assert_eq!(pick(&[py, py], Some("c"), Some(&split), &[]), Some(0));
+        // Starting sandboxes count: two Python ones starting make the
+        // ready one surplus.
+        assert_eq!(pick(&[gn, py], None, Some(&split), &[py, py]), Some(1));
+        // Nothing pre-started: the oldest; nothing ready: none.
+        assert_eq!(pick(&[gn, gn], Some("python"), None, &[]), Some(0));
+        assert_eq!(pick(&[], Some("python"), Some(&split), &[]), None);
+    }
+
+    #[test]
+    fn targets_and_surpluses_follow_the_split() {
+        let split = Split {
+            generic: 1,
+            specialised: vec![("python", 2), ("javascript", 1)],
+        };
+        assert_eq!(split.target(None), 1);
+        assert_eq!(split.target(Some("python")), 2);
+        assert_eq!(split.target(Some("java")), 0);
+        assert_eq!(split.surplus(Some("python"), 3), 1);
+        assert_eq!(split.surplus(Some("javascript"), 0), -1);
+        assert_eq!(split.surplus(Some("java"), 1), 1);
     }
 }
