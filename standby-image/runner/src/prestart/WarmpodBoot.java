@@ -55,16 +55,93 @@ public class WarmpodBoot {
             warmUpCompiler(javac(String[].class, PrintWriter.class));
         } else {
             warmUpRuntime();
+        }
+        UserDir userDir = UserDir.find();
+        if (!compile) {
             forgetStartUpPeak();
         }
         String[] fields = awaitProgram();
         String workDir = fields[1];
         String[] argv = Arrays.copyOfRange(fields, 2, fields.length);
-        System.setProperty("user.dir", workDir);
+        userDir.moveTo(workDir);
         if (compile) {
             System.exit((int) javac.invokeExact(argv));
         }
         run(argv[0], Arrays.copyOfRange(argv, 1, argv.length));
+    }
+
+    /**
+     * The JVM's working directory as it cached it at start-up: the
+     * user.dir property, jdk.internal.util.StaticProperty.USER_DIR, and the
+     * copies java.io's and NIO's default file systems took, against which
+     * they resolve relative paths (getAbsolutePath, toAbsolutePath, canonical
+     * paths). The runner renames the directory to the job's when the job
+     * arrives, so these must take the new name, as a cold JVM started there
+     * has it; otherwise absolute paths would name the old, gone directory.
+     * The fields are final and java.base is not open to us, so they are
+     * written through sun.misc.Unsafe (jdk.unsupported), reached by
+     * reflection (naming it would make javac warn). Found before "ready":
+     * a JDK without these fields fails the pre-start loudly.
+     */
+    private static final class UserDir {
+        private final MethodHandle putObject;
+        private final Object staticBase;
+        private final long staticOffset;
+        private final Object ioFileSystem;
+        private final long ioOffset;
+        private final Object nioFileSystem;
+        private final long nioOffset;
+
+        private UserDir(MethodHandle putObject, Object staticBase, long staticOffset,
+                        Object ioFileSystem, long ioOffset, Object nioFileSystem, long nioOffset) {
+            this.putObject = putObject;
+            this.staticBase = staticBase;
+            this.staticOffset = staticOffset;
+            this.ioFileSystem = ioFileSystem;
+            this.ioOffset = ioOffset;
+            this.nioFileSystem = nioFileSystem;
+            this.nioOffset = nioOffset;
+        }
+
+        static UserDir find() throws Throwable {
+            Class<?> unsafeClass = Class.forName("sun.misc.Unsafe");
+            java.lang.reflect.Field theUnsafe = unsafeClass.getDeclaredField("theUnsafe");
+            theUnsafe.setAccessible(true);
+            Object unsafe = theUnsafe.get(null);
+            MethodHandles.Lookup lookup = MethodHandles.publicLookup();
+            MethodHandle staticBase = lookup.findVirtual(unsafeClass, "staticFieldBase",
+                MethodType.methodType(Object.class, java.lang.reflect.Field.class)).bindTo(unsafe);
+            MethodHandle staticOffset = lookup.findVirtual(unsafeClass, "staticFieldOffset",
+                MethodType.methodType(long.class, java.lang.reflect.Field.class)).bindTo(unsafe);
+            MethodHandle fieldOffset = lookup.findVirtual(unsafeClass, "objectFieldOffset",
+                MethodType.methodType(long.class, java.lang.reflect.Field.class)).bindTo(unsafe);
+            MethodHandle getObject = lookup.findVirtual(unsafeClass, "getObjectVolatile",
+                MethodType.methodType(Object.class, Object.class, long.class)).bindTo(unsafe);
+            MethodHandle putObject = lookup.findVirtual(unsafeClass, "putObjectVolatile",
+                MethodType.methodType(void.class, Object.class, long.class, Object.class)).bindTo(unsafe);
+
+            java.lang.reflect.Field userDir =
+                Class.forName("jdk.internal.util.StaticProperty").getDeclaredField("USER_DIR");
+            java.lang.reflect.Field fs = File.class.getDeclaredField("fs");
+            Object ioFileSystem = (Object) getObject.invokeExact(
+                (Object) staticBase.invokeExact(fs), (long) staticOffset.invokeExact(fs));
+            java.lang.reflect.Field ioUserDir = ioFileSystem.getClass().getDeclaredField("userDir");
+            Object nioFileSystem = java.nio.file.FileSystems.getDefault();
+            java.lang.reflect.Field nioDefault =
+                Class.forName("sun.nio.fs.UnixFileSystem").getDeclaredField("defaultDirectory");
+            return new UserDir(putObject,
+                (Object) staticBase.invokeExact(userDir), (long) staticOffset.invokeExact(userDir),
+                ioFileSystem, (long) fieldOffset.invokeExact(ioUserDir),
+                nioFileSystem, (long) fieldOffset.invokeExact(nioDefault));
+        }
+
+        void moveTo(String dir) throws Throwable {
+            putObject.invokeExact(staticBase, staticOffset, (Object) dir);
+            putObject.invokeExact(ioFileSystem, ioOffset, (Object) dir);
+            byte[] bytes = dir.getBytes(java.nio.charset.Charset.forName(System.getProperty("sun.jnu.encoding")));
+            putObject.invokeExact(nioFileSystem, nioOffset, (Object) bytes);
+            System.setProperty("user.dir", dir);
+        }
     }
 
     /** Says ready, then reads the program's fields. */
