@@ -9,7 +9,11 @@ Starts its own stack (bench/stack.py), then in one run:
    -c`, `/usr/bin/node -e`, `/usr/bin/gcc` or `/usr/bin/javac` with the
    product's flags + run), so drift hits both: p50, p90, p99 and the ratios
    e2e/bare. Python, JavaScript and Java run on pre-started sandboxes
-   (`WARMPOD_PRESTART_LANGUAGES=python,javascript,java` unless set);
+   (`WARMPOD_PRESTART_LANGUAGES=python,javascript,java` unless set). Each
+   sample starts once the pod-manager has settled (no job in flight, no
+   sandbox starting: the refill the last job caused is done), so neither
+   the e2e nor the bare sample shares the CPU with it (`--no-settle`:
+   back to back, as before 2026-12-03);
 2. throughput (jobs/s) of Python hello worlds at concurrency 1, 4, 8, 16,
    each block alternating with a block of the same number of bare spawns
    run 2 at a time (one per core);
@@ -106,16 +110,23 @@ def e2e(client, language):
     return took, res, sent, received
 
 
-def latency(client, bare, language, samples, warmup):
-    """Alternating e2e/bare samples of one language."""
+def latency(client, bare, language, samples, warmup, settle):
+    """Alternating e2e/bare samples of one language; `settle()` runs before
+    each sample (unless None), so that neither shares the CPU with the
+    refill of the sandbox the last job used."""
+    settle = settle or (lambda: None)
     for _ in range(warmup):
         e2e(client, language)
+        settle()
         bare.run(language)
+        settle()
     a, b, results = [], [], []
     for _ in range(samples):
+        settle()
         took, res, sent, received = e2e(client, language)
         a.append(took)
         results.append((res, sent, received))
+        settle()
         b.append(bare.run(language))
     return a, b, results
 
@@ -184,6 +195,9 @@ def main():
     ap.add_argument("--concurrency", default="1,4,8,16")
     ap.add_argument("--pool-size", type=int, default=4)
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--no-settle", action="store_true",
+                    help="latency samples back to back, without waiting for the pool to refill after each job "
+                         "(the refill then shares the CPU with the next sample, often the bare one)")
     ap.add_argument("--languages", default="python,javascript,c,java",
                     help="latency languages (Python: --samples, JS: half, C and Java: a quarter)")
     args = ap.parse_args()
@@ -193,7 +207,7 @@ def main():
     stack = Stack(pool_size=args.pool_size)
     client = Client([stack.apis[0].port])
     bare = Bare()
-    out = {"machine": machine(), "pool_size": args.pool_size}
+    out = {"machine": machine(), "pool_size": args.pool_size, "settle": not args.no_settle}
     try:
         before = stack.pm_metrics()
         lat = {}
@@ -202,7 +216,8 @@ def main():
                   "java": args.samples // 4}
         for lang in args.languages.split(","):
             n = counts[lang]
-            a, b, results = latency(client, bare, lang, max(n, 10), args.warmup)
+            a, b, results = latency(client, bare, lang, max(n, 10), args.warmup,
+                                    None if args.no_settle else stack.settle)
             lat[lang] = {"e2e": pct(a), "bare": pct(b), "n": len(a)}
             all_results[lang] = results
         after = stack.pm_metrics()
@@ -213,12 +228,15 @@ def main():
             len(rs) for rs in all_results.values())
 
         levels = [int(c) for c in args.concurrency.split(",")]
+        settle = (lambda: None) if args.no_settle else stack.settle
         tput = {}
         for c in levels:
             throughput_block(client, c, min(args.jobs, 2 * c))  # warm the connections
             e, b = [], []
             for _ in range(args.rounds):
+                settle()
                 e.append(throughput_block(client, c, args.jobs))
+                settle()
                 b.append(bare_block(bare, args.jobs))
             tput[c] = {"e2e": statistics.median(e), "bare": statistics.median(b)}
         out["throughput"] = tput
@@ -239,7 +257,9 @@ def report(out):
     m = out["machine"]
     print(f"\nwarmpod bench, {m['date']}, {m['cpus']} cpus, kernel {m['kernel']}, "
           f"load {m['loadavg']} -> {m['loadavg_end']}, pool size {out['pool_size']}")
-    print("\nLatency of one synchronous hello world (ms), e2e alternating with bare:")
+    settled = ("each sample after the pool refilled" if out["settle"]
+               else "back to back (--no-settle): refills overlap the next sample")
+    print(f"\nLatency of one synchronous hello world (ms), e2e alternating with bare, {settled}:")
     print(f"{'language':<11} {'n':>4} | {'e2e p50':>8} {'p90':>7} {'p99':>7} | "
           f"{'bare p50':>8} {'p90':>7} {'p99':>7} | {'ratio p50':>9} {'p90':>5} {'p99':>5}")
     print(f"  pre-started: WARMPOD_PRESTART_LANGUAGES={os.environ.get('WARMPOD_PRESTART_LANGUAGES')}")
