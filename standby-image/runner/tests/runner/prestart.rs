@@ -96,6 +96,12 @@ const JS_PROGRAMS: &[&str] = &[
     "require('fs').writeFileSync('x.mjs', 'export default import.meta.url;');\n\
      import('./x.mjs').then((m) => console.log(m.default));\nimport('./missing.mjs').catch((e) => console.log(e.code));",
     "console.log(new Error('here').stack);",
+    // What making process.stdout early would change (not done: its libuv
+    // stream opens a reserve descriptor, so the program's own descriptors
+    // would get other numbers, as the last program shows).
+    "console.log(process.stdout.writableLength, process.stdout.bytesWritten, process.stdout.listenerCount('end'),\n\
+     Object.keys(process.stdout), process.stdout.isTTY, process.stdout._type, process.stderr._type, process.stdout.fd);",
+    "require('fs').closeSync(1);\nconsole.log('lost');\nconsole.error('after');",
     "const fs = require('fs');\nconst fd = fs.openSync('main.js', 'r');\n\
      console.log(fd, fs.readdirSync('/proc/self/fd').length);",
 ];
