@@ -170,13 +170,14 @@ class Stack:
         return http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")[1]
 
     def settle(self, timeout=60.0):
-        """Waits until the pod-manager has no job in flight and no sandbox
-        starting: the pool has refilled after the last job, so the next
+        """Waits until the pod-manager has no job in flight, no sandbox
+        starting and a full pool: it has refilled after the last job, so the next
         measurement does not share the CPU with that refill."""
         def idle():
             text = self.pm_metrics()
             return text and metric(text, "warmpod_pod_manager_pool_starting") == 0 and \
-                metric(text, "warmpod_pod_manager_jobs_in_flight") == 0
+                metric(text, "warmpod_pod_manager_jobs_in_flight") == 0 and \
+                metric(text, "warmpod_pod_manager_pool_ready") >= self.pool_size
         wait_until("the pod-manager to settle", idle, timeout=timeout, step=0.002)
 
     def start_pod_manager(self):
