@@ -13,7 +13,7 @@ use crate::classify::{self, Verdict};
 use crate::identity::{Identity, IdentityError};
 use crate::job::{self, PreparedJob};
 use crate::limits;
-use crate::prestart::{DEFAULT_JAVA_BOOT_DIR, PrestartError, Prestarted};
+use crate::prestart::{DEFAULT_JAVA_BOOT_DIR, PrestartError, PrestartLauncher, Prestarted};
 use crate::reaper;
 use crate::signals::StopSignals;
 use crate::spawn::{ForkExec, LaunchSpec, Launcher, StepKind};
@@ -51,6 +51,27 @@ pub struct Runner<L: Launcher = ForkExec> {
     prestarted: RefCell<Option<Prestarted>>,
     /// Where pre-started Java finds its precompiled bootstrap.
     java_boot_dir: PathBuf,
+    /// What finished jobs left to remove, removed by
+    /// [`finish`](Runner::finish) (or when the runner is dropped), after
+    /// the result went out: removing a work directory is on no job's
+    /// critical path, and a sandbox is destroyed once it answered anyway.
+    leftovers: RefCell<Leftovers>,
+}
+
+/// A finished job's work directory and, when it ran on pre-started
+/// processes, their launcher (the bootstrap file, any process no step
+/// used): dropped launchers first, so processes die before their files go.
+#[derive(Debug, Default)]
+struct Leftovers {
+    launchers: Vec<PrestartLauncher>,
+    dirs: Vec<WorkDir>,
+}
+
+impl Leftovers {
+    fn remove(&mut self) {
+        self.launchers.clear();
+        self.dirs.clear();
+    }
 }
 
 impl Runner<ForkExec> {
@@ -77,6 +98,7 @@ impl Runner<ForkExec> {
             left_processes: Cell::new(false),
             prestarted: RefCell::new(None),
             java_boot_dir: PathBuf::from(DEFAULT_JAVA_BOOT_DIR),
+            leftovers: RefCell::default(),
         })
     }
 }
@@ -92,6 +114,7 @@ impl<L: Launcher> Runner<L> {
             left_processes: self.left_processes,
             prestarted: self.prestarted,
             java_boot_dir: self.java_boot_dir,
+            leftovers: self.leftovers,
         }
     }
 
@@ -138,6 +161,7 @@ impl<L: Launcher> Runner<L> {
     /// # Errors
     /// When the uid's lock file cannot be written.
     pub fn finish(self) -> io::Result<()> {
+        self.leftovers.borrow_mut().remove();
         // An interpreter no job used is killed and reaped first.
         drop(self.prestarted.borrow_mut().take());
         if self.left_processes.get() {
@@ -183,7 +207,13 @@ impl<L: Launcher> Runner<L> {
         });
         if let Some(prestarted) = prestarted {
             return match prestarted.hand_over(job.id, owner, &job.files) {
-                Ok((dir, launcher)) => self.compile_and_execute(job, &dir, signals, &launcher),
+                Ok((dir, launcher)) => {
+                    let result = self.compile_and_execute(job, &dir, signals, &launcher);
+                    let mut leftovers = self.leftovers.borrow_mut();
+                    leftovers.launchers.push(launcher);
+                    leftovers.dirs.push(dir);
+                    result
+                }
                 Err(e) => {
                     let message = format!("creating the work directory failed: {e}");
                     JobResult::internal_error(job.id, message)
@@ -197,8 +227,10 @@ impl<L: Launcher> Runner<L> {
                 return JobResult::internal_error(job.id, message);
             }
         };
-        self.compile_and_execute(job, &dir, signals, &self.launcher)
-        // `dir` is removed here, after every process of the job is gone.
+        let result = self.compile_and_execute(job, &dir, signals, &self.launcher);
+        // Every process of the job is gone; the directory goes at `finish`.
+        self.leftovers.borrow_mut().dirs.push(dir);
+        result
     }
 
     /// Both steps, started by `launcher`.

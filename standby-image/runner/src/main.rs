@@ -131,8 +131,10 @@ fn main() -> ExitCode {
         return serving::serve(runner, socket, ready);
     }
     signal_ready(ready);
-    let result = answer(runner, read_line(&mut io::stdin().lock()));
-    print_line(&serde_json::to_string(&result))
+    let answered = answer(runner, read_line(&mut io::stdin().lock()));
+    let code = print_line(&serde_json::to_string(&answered.result));
+    answered.finish();
+    code
 }
 
 /// Tells the parent the runner can take its job now (with `--ready-fd`).
@@ -147,34 +149,59 @@ fn signal_ready(ready: Option<ReadyFd>) {
     }
 }
 
+/// A job's result, and the runner that ran it: [`Answered::finish`] ends
+/// the runner (removing the job's work directory, recording the uid as
+/// clean) once the result is out, so that is on no job's critical path.
+struct Answered {
+    result: JobResult,
+    runner: Option<Runner>,
+}
+
+impl Answered {
+    fn finish(self) {
+        if let Some(runner) = self.runner
+            && let Err(e) = runner.finish()
+        {
+            eprintln!("warmpod-runner: recording the program uid as clean failed: {e}");
+        }
+    }
+}
+
 /// The result for a job line read (or not) by a started (or not) runner.
 fn answer(
     runner: Result<Runner, warmpod_runner::StartError>,
     line: Result<Vec<u8>, warmpod_runner::JobError>,
-) -> JobResult {
+) -> Answered {
+    let failed = |result| Answered {
+        result,
+        runner: None,
+    };
     match (runner, line) {
-        (_, Err(e)) => JobResult::internal_error(Uuid::nil(), e.to_string()),
-        (Err(e), Ok(line)) => {
-            JobResult::internal_error(salvage_id(&line), format!("runner start-up failed: {e}"))
-        }
+        (_, Err(e)) => failed(JobResult::internal_error(Uuid::nil(), e.to_string())),
+        (Err(e), Ok(line)) => failed(JobResult::internal_error(
+            salvage_id(&line),
+            format!("runner start-up failed: {e}"),
+        )),
         (Ok(runner), Ok(line)) => run_job(runner, &line),
     }
 }
 
-/// Runs the job and ends the runner; a bug still answers with a result
-/// line, never with silence (and never records the uid as clean).
-fn run_job(runner: Runner, line: &[u8]) -> JobResult {
+/// Runs the job; a bug still answers with a result line, never with
+/// silence (and its runner is dropped unfinished: the uid is never
+/// recorded as clean).
+fn run_job(runner: Runner, line: &[u8]) -> Answered {
     match panic::catch_unwind(AssertUnwindSafe(|| runner.run_line(line))) {
-        Ok(result) => {
-            if let Err(e) = runner.finish() {
-                eprintln!("warmpod-runner: recording the program uid as clean failed: {e}");
-            }
-            result
-        }
-        Err(_) => JobResult::internal_error(
-            salvage_id(line),
-            "the runner failed unexpectedly (a bug; see its stderr)",
-        ),
+        Ok(result) => Answered {
+            result,
+            runner: Some(runner),
+        },
+        Err(_) => Answered {
+            result: JobResult::internal_error(
+                salvage_id(line),
+                "the runner failed unexpectedly (a bug; see its stderr)",
+            ),
+            runner: None,
+        },
     }
 }
 
@@ -249,17 +276,19 @@ mod serving {
                 return ExitCode::FAILURE;
             }
         };
-        let result = answer(runner, connection.read_job());
-        let Ok(line) = serde_json::to_string(&result) else {
+        let answered = answer(runner, connection.read_job());
+        let Ok(line) = serde_json::to_string(&answered.result) else {
             return ExitCode::FAILURE;
         };
-        match connection.answer(&line) {
+        let code = match connection.answer(&line) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("warmpod-runner: the relay left before the result: {e}");
                 ExitCode::FAILURE
             }
-        }
+        };
+        answered.finish();
+        code
     }
 
     fn finish_unused(runner: Result<Runner, StartError>) -> ExitCode {
@@ -292,7 +321,10 @@ mod serving {
                     "warmpod-runner: no serving runner answered ({why:?}); running the job cold"
                 );
                 let runner = Runner::start(cli.uid, &cli.lock_dir, cli.work_root.clone());
-                print_line(&serde_json::to_string(&answer(runner, Ok(line))))
+                let answered = answer(runner, Ok(line));
+                let code = print_line(&serde_json::to_string(&answered.result));
+                answered.finish();
+                code
             }
         }
     }
